@@ -1,0 +1,80 @@
+"""The two-tower CLIP model: image and text encoders plus a learned temperature (and optional bias)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.config import CLIPConfig
+from clip_jax.models.text import TextTransformer
+from clip_jax.models.vit import VisionTransformer
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """x / ||x||, the normalisation CLIP applies to features before the dot product (in float32)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+class CLIP(nn.Module):
+    """CLIP(cfg).apply({'params': p}, images, tokens) -> (image_features, text_features, logit_scale[, bias]).
+
+    `encode_image` and `encode_text` return *unnormalised* features (as open_clip's do with
+    normalize=False); `__call__` returns L2-normalised features and exp(logit_scale).
+    """
+
+    cfg: CLIPConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan: bool = False
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+    patch_dropout: float = 0.0
+
+    def setup(self) -> None:
+        kw = dict(
+            embed_dim=self.cfg.embed_dim,
+            quick_gelu=self.cfg.quick_gelu,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scan=self.scan,
+            remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl,
+        )
+        self.visual = VisionTransformer(self.cfg.vision, patch_dropout=self.patch_dropout, **kw)
+        self.text = TextTransformer(self.cfg.text, **kw)
+        self.logit_scale = self.param("logit_scale", _scalar_init(math.log(1 / 0.07)), (), jnp.float32)
+        if self.cfg.init_logit_bias is not None:
+            self.logit_bias = self.param(
+                "logit_bias", _scalar_init(self.cfg.init_logit_bias), (), jnp.float32
+            )
+
+    def encode_image(self, images: jax.Array, train: bool = False) -> jax.Array:
+        return self.visual(images, train=train)
+
+    def encode_text(self, tokens: jax.Array, hidden_layer: int | None = None) -> jax.Array:
+        return self.text(tokens, hidden_layer=hidden_layer)
+
+    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
+        img = l2_normalize(self.encode_image(images, train=train))
+        txt = l2_normalize(self.encode_text(tokens))
+        out = (img, txt, jnp.exp(self.logit_scale))
+        if self.cfg.init_logit_bias is not None:
+            out = out + (self.logit_bias,)
+        return out
+
+
+def _scalar_init(value: float):
+    return nn.with_logical_partitioning(lambda key, shape, dtype: jnp.full(shape, value, dtype), ())
+
+
+def init_params(model: CLIP, rng: jax.Array) -> dict:
+    """Initialise parameters (unboxed plain arrays) with dummy inputs of the model's sizes."""
+    cfg = model.cfg
+    images = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
+    tokens = jnp.zeros((1, cfg.text.context_length), jnp.int32)
+    return nn.unbox(model.init(rng, images, tokens)["params"])

@@ -1,0 +1,160 @@
+"""Model hyperparameters and the named open_clip configurations.
+
+The field names follow open_clip's `model_configs/*.json` so that a config can be read from one of
+those files (`CLIPConfig.from_open_clip`) and so that a reader can compare them side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_width
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def mlp_width(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+
+    @property
+    def mlp_width(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+    embed_dim: int = 512
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    # OpenAI's weights were trained with QuickGELU, open_clip's own with exact (erf) GELU.
+    quick_gelu: bool = False
+    # SigLIP-style models carry a learned logit bias; CLIP models do not.
+    init_logit_bias: float | None = None
+
+    def replace(self, **kwargs: Any) -> CLIPConfig:
+        return dataclasses.replace(self, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CLIPConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are an error naming the key."""
+        d = dict(d)
+        _check_keys(cls, d, "model")
+        vision = d.pop("vision", {}) or {}
+        text = d.pop("text", {}) or {}
+        if not isinstance(vision, VisionConfig):
+            _check_keys(VisionConfig, vision, "model.vision")
+            vision = VisionConfig(**vision)
+        if not isinstance(text, TextConfig):
+            _check_keys(TextConfig, text, "model.text")
+            text = TextConfig(**text)
+        return cls(vision=vision, text=text, **d)
+
+    @classmethod
+    def from_open_clip(cls, cfg: Mapping[str, Any]) -> CLIPConfig:
+        """Translate an open_clip `model_configs/*.json` dict (vision_cfg / text_cfg keys)."""
+        v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+        unsupported = {
+            k: v[k] for k in ("timm_model_name", "attentional_pool", "ls_init_value", "no_ln_pre") if v.get(k)
+        }
+        if unsupported:
+            raise ValueError(f"open_clip vision options not supported by clip_jax: {unsupported}")
+        vision = VisionConfig(
+            image_size=_as_int(v.get("image_size", 224)),
+            patch_size=_as_int(v.get("patch_size", 16)),
+            width=v.get("width", 768),
+            layers=v.get("layers", 12),
+            head_width=v.get("head_width", 64),
+            mlp_ratio=v.get("mlp_ratio", 4.0),
+        )
+        text = TextConfig(
+            context_length=t.get("context_length", 77),
+            vocab_size=t.get("vocab_size", 49408),
+            width=t.get("width", 512),
+            heads=t.get("heads", 8),
+            layers=t.get("layers", 12),
+            mlp_ratio=t.get("mlp_ratio", 4.0),
+        )
+        return cls(
+            embed_dim=cfg["embed_dim"],
+            vision=vision,
+            text=text,
+            quick_gelu=bool(cfg.get("quick_gelu", False)),
+            init_logit_bias=cfg.get("init_logit_bias"),
+        )
+
+
+def _as_int(x: Any) -> int:
+    if isinstance(x, (list, tuple)):
+        if len(set(x)) != 1:
+            raise ValueError(f"non-square sizes are not supported: {x}")
+        return int(x[0])
+    return int(x)
+
+
+def _check_keys(cls: type, d: Mapping[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in {where}; known fields: {sorted(known)}")
+
+
+_TEXT_B = TextConfig(width=512, heads=8, layers=12)
+_TEXT_L = TextConfig(width=768, heads=12, layers=12)
+_TEXT_H = TextConfig(width=1024, heads=16, layers=24)
+
+# Exact hyperparameters of open_clip's model_configs/<name>.json.
+_BASE_CONFIGS: dict[str, CLIPConfig] = {
+    "ViT-B-32": CLIPConfig(512, VisionConfig(224, 32, 768, 12), _TEXT_B),
+    "ViT-B-16": CLIPConfig(512, VisionConfig(224, 16, 768, 12), _TEXT_B),
+    "ViT-L-14": CLIPConfig(768, VisionConfig(224, 14, 1024, 24), _TEXT_L),
+    "ViT-L-14-336": CLIPConfig(768, VisionConfig(336, 14, 1024, 24), _TEXT_L),
+    "ViT-H-14": CLIPConfig(1024, VisionConfig(224, 14, 1280, 32, head_width=80), _TEXT_H),
+    # Small models for tests and the synthetic-data main job; not open_clip configs.
+    "tiny": CLIPConfig(
+        64,
+        VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+        TextConfig(context_length=77, width=64, heads=2, layers=2),
+    ),
+}
+
+MODEL_CONFIGS: dict[str, CLIPConfig] = {}
+for _name, _cfg in _BASE_CONFIGS.items():
+    MODEL_CONFIGS[_name] = _cfg
+    MODEL_CONFIGS[_name + "-quickgelu"] = _cfg.replace(quick_gelu=True)
+
+
+def get_model_config(name: str) -> CLIPConfig:
+    """Named config, e.g. 'ViT-B-32' or 'ViT-B-32-quickgelu' (the form of OpenAI's weights)."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODEL_CONFIGS)}") from None

@@ -1,0 +1,75 @@
+"""Causal text transformer with OpenAI CLIP's layout, pooled at the end-of-text token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clip_jax.models.config import TextConfig
+from clip_jax.models.transformer import LayerNorm, Transformer, _p
+
+
+class TextTransformer(nn.Module):
+    cfg: TextConfig
+    embed_dim: int
+    quick_gelu: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    scan: bool = False
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, hidden_layer: int | None = None) -> jax.Array:
+        """tokens: int [B, L]. Returns the projected EOT features [B, embed_dim].
+
+        With `hidden_layer=i`, returns instead the per-token hidden states [B, L, width] after block i
+        (Python indexing, so -2 is the penultimate block), before ln_final: the prompt conditioning
+        that diffusion models take from a CLIP text encoder.
+        """
+        cfg = self.cfg
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            embedding_init=_p(nn.initializers.normal(0.02), ("vocab", "embed")),
+            name="token_embedding",
+            **kw,
+        )(tokens)
+        pos = self.param(
+            "positional_embedding",
+            _p(nn.initializers.normal(0.01), (None, "embed")),
+            (cfg.context_length, cfg.width),
+            self.param_dtype,
+        )
+        if tokens.shape[1] > cfg.context_length:
+            raise ValueError(f"{tokens.shape[1]} tokens exceed the context length {cfg.context_length}")
+        x = x + pos[: tokens.shape[1]].astype(self.dtype)
+        x = Transformer(
+            cfg.layers,
+            cfg.heads,
+            cfg.mlp_width,
+            quick_gelu=self.quick_gelu,
+            causal=True,
+            scan=self.scan,
+            remat_policy=self.remat_policy,
+            attention_impl=self.attention_impl,
+            name="transformer",
+            **kw,
+        )(x, return_layer=hidden_layer)
+        if hidden_layer is not None:
+            return x
+        x = LayerNorm(name="ln_final", **kw)(x)
+        # The end-of-text token has the largest id in the vocabulary, so argmax finds it.
+        eot = jnp.argmax(tokens, axis=-1)
+        pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        proj = self.param(
+            "text_projection",
+            _p(nn.initializers.normal(cfg.width**-0.5), ("embed", "joint")),
+            (cfg.width, self.embed_dim),
+            self.param_dtype,
+        )
+        return pooled @ proj.astype(self.dtype)

@@ -1,0 +1,248 @@
+"""Pre-LayerNorm transformer shared by both towers, laid out like OpenAI's `ResidualAttentionBlock`.
+
+Parameter layout (per block; a leading `layers` axis is added when layers are scanned):
+  ln_1, ln_2:     LayerNorm scale/bias [W]
+  attn/qkv:       kernel [W, 3, H, D], bias [3, H, D]   (OpenAI's in_proj_weight [3W, W] reshaped)
+  attn/out:       kernel [H, D, W],    bias [W]
+  mlp/c_fc:       kernel [W, M],       bias [M]
+  mlp/c_proj:     kernel [M, W],       bias [W]
+Every parameter carries logical axis names; `clip_jax.sharding` maps them onto mesh axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# OpenAI/open_clip LayerNorm epsilon (Flax's default is 1e-6).
+LN_EPS = 1e-5
+
+Dtype = Any
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """The activation OpenAI's CLIP weights were trained with."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """torch.nn.GELU() (erf form), used by open_clip's own models; JAX's default is the tanh form."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def activation_fn(quick: bool) -> Callable[[jax.Array], jax.Array]:
+    return quick_gelu if quick else exact_gelu
+
+
+def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
+    return nn.with_logical_partitioning(init, names)
+
+
+class LayerNorm(nn.Module):
+    """torch.nn.LayerNorm(eps=1e-5): two-pass variance in float32, then cast to the compute dtype."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        scale = self.param("scale", _p(nn.initializers.ones, ("embed",)), (width,), self.param_dtype)
+        bias = self.param("bias", _p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
+        x = x.astype(jnp.float32)
+        centred = x - jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+        y = centred * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    heads: int
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    # None lets XLA choose; "cudnn" selects the fused flash kernel on NVIDIA GPUs.
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        init = nn.initializers.normal(stddev=width**-0.5)
+        qkv = nn.DenseGeneral(
+            features=(3, self.heads, head_dim),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(init, ("embed", None, "heads", "kv")),
+            bias_init=_p(nn.initializers.zeros, (None, "heads", "kv")),
+            name="qkv",
+        )(x)
+        qkv = nn.with_logical_constraint(qkv, ("act_batch", "act_len", None, "act_heads", None))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.attention_impl)
+        out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
+        return nn.DenseGeneral(
+            features=width,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(init, ("heads", "kv", "embed")),
+            bias_init=_p(nn.initializers.zeros, ("embed",)),
+            name="out",
+        )(out)
+
+
+class MLP(nn.Module):
+    mlp_width: int
+    quick_gelu: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.Dense(
+            self.mlp_width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(nn.initializers.normal(stddev=(2 * width) ** -0.5), ("embed", "mlp")),
+            bias_init=_p(nn.initializers.zeros, ("mlp",)),
+            name="c_fc",
+        )(x)
+        h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
+        h = activation_fn(self.quick_gelu)(h)
+        return nn.Dense(
+            width,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_p(nn.initializers.normal(stddev=width**-0.5), ("mlp", "embed")),
+            bias_init=_p(nn.initializers.zeros, ("embed",)),
+            name="c_proj",
+        )(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+    heads: int
+    mlp_width: int
+    quick_gelu: bool = False
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+    # Under nn.scan, also emit each block's output so a caller can pick an intermediate layer.
+    emit_hidden: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array | None]:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+        h = LayerNorm(name="ln_1", **kw)(x)
+        x = x + Attention(self.heads, self.causal, attention_impl=self.attention_impl, name="attn", **kw)(h)
+        h = LayerNorm(name="ln_2", **kw)(x)
+        x = x + MLP(self.mlp_width, self.quick_gelu, name="mlp", **kw)(h)
+        # Returned as a (carry, output) pair so the same module works under nn.scan.
+        return x, (x if self.emit_hidden else None)
+
+
+# Names accepted for `remat_policy`; "none" disables rematerialisation.
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+    """`layers` residual blocks, either unrolled (`resblocks_{i}`) or scanned (`resblocks`, stacked)."""
+
+    layers: int
+    heads: int
+    mlp_width: int
+    quick_gelu: bool = False
+    causal: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scan: bool = False
+    remat_policy: str = "none"
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, return_layer: int | None = None) -> jax.Array:
+        """Run the blocks. With `return_layer=i`, return the output of block i (Python indexing)."""
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"unknown remat_policy {self.remat_policy!r}; choose from {list(REMAT_POLICIES)}"
+            )
+        block_cls: Any = ResidualAttentionBlock
+        if self.remat_policy != "none":
+            block_cls = nn.remat(
+                block_cls, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan
+            )
+        kw = dict(
+            heads=self.heads,
+            mlp_width=self.mlp_width,
+            quick_gelu=self.quick_gelu,
+            causal=self.causal,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_impl=self.attention_impl,
+        )
+        stop = self.layers if return_layer is None else range(self.layers)[return_layer] + 1
+        if not self.scan:
+            for i in range(stop):
+                x, _ = block_cls(name=f"resblocks_{i}", **kw)(x)
+            return x
+        # A scan runs every layer; for an intermediate layer it emits all outputs and we pick one.
+        emit = return_layer is not None
+        x, hidden = nn.scan(
+            block_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            length=self.layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(name="resblocks", emit_hidden=emit, **kw)(x, None)
+        return hidden[stop - 1] if emit else x
+
+
+def stack_layers(params: dict, prefix: str = "resblocks") -> dict:
+    """Per-layer layout {resblocks_0: t0, resblocks_1: t1, ...} -> scanned {resblocks: stacked}."""
+    return _map_transformers(params, prefix, _stack)
+
+
+def unstack_layers(params: dict, prefix: str = "resblocks") -> dict:
+    """Scanned {resblocks: stacked} -> per-layer {resblocks_0: ..., resblocks_1: ...}."""
+    return _map_transformers(params, prefix, _unstack)
+
+
+def _stack(tree: dict, prefix: str) -> dict:
+    keys = [k for k in tree if k.startswith(prefix + "_")]
+    if not keys:
+        return tree
+    n = len(keys)
+    layers = [tree[f"{prefix}_{i}"] for i in range(n)]
+    out = {k: v for k, v in tree.items() if k not in keys}
+    out[prefix] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return out
+
+
+def _unstack(tree: dict, prefix: str) -> dict:
+    if prefix not in tree:
+        return tree
+    stacked = tree[prefix]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    out = {k: v for k, v in tree.items() if k != prefix}
+    for i in range(n):
+        out[f"{prefix}_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return out
+
+
+def _map_transformers(tree: Any, prefix: str, fn: Callable[[dict, str], dict]) -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    tree = fn(tree, prefix)
+    return {k: _map_transformers(v, prefix, fn) for k, v in tree.items()}

@@ -1,0 +1,46 @@
+"""clip_jax: CLIP in JAX/Flax, numerically identical to OpenAI CLIP / open_clip, sharded over device meshes."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorflow-cpu>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "ml-collections>=1.1,<2",
+    "safetensors>=0.5",
+    "ftfy>=6.1",
+    "regex>=2024.1",
+    "pillow>=10",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "matplotlib>=3.8",
+    "absl-py>=2.1",
+]
+
+TEST = [
+    "pytest>=8",
+    "ruff>=0.15",
+    "scikit-learn>=1.5",
+    "scikit-image>=0.24",
+    # PyTorch references for parity tests and benchmarks only; the package never imports torch to load
+    # .safetensors weights. torch 2.14.1 / torchvision 0.29.1 are the pair that installs offline here.
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "open_clip_torch>=3.0",
+    "transformers>=4.45",
+]
+
+setup(
+    name="clip_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=find_packages(include=["clip_jax", "clip_jax.*"]),
+    package_data={"clip_jax": ["assets/*"]},
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={"test": TEST},
+)
