@@ -1,0 +1,235 @@
+"""Image preprocessing for CLIP: OpenAI's eval transform (PIL) and tf.data eval/train transforms.
+
+Outputs are float32 HWC arrays (channels last), as the Flax vision tower takes them.
+
+The PIL path reproduces OpenAI's / open_clip's eval preprocess bit for bit: the same PIL calls in the same
+order (resize the shortest side with PIL bicubic, center crop, convert to RGB, scale to [0, 1], normalise).
+Like the reference it converts to RGB *after* resizing, so RGBA images are resized with PIL's
+premultiplied alpha and palette images with nearest neighbour, exactly as the pretrained models saw them.
+
+The tf.data path imports tensorflow inside the functions only, so model code that imports this module never
+pulls tensorflow in. tf.image's antialiased bicubic differs slightly from PIL's fixed-point bicubic; the
+measured gap is in docs/preprocessing.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageLike = Image.Image | np.ndarray | str | os.PathLike
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PIL / numpy path
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file, so that a corrupt file fails here and names itself."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # PIL reports truncated/corrupt data as OSError or SyntaxError without the file name.
+        raise ValueError(f"cannot decode image file {os.fspath(path)!r}: {e}") from e
+    return image
+
+
+def _to_pil(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            # Float arrays are ambiguous ([0, 1] or [0, 255]); make the caller say which.
+            raise TypeError(f"numpy images must be uint8 HxW or HxWxC, got dtype {image.dtype}")
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+            raise ValueError(f"numpy images must be HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+        return Image.fromarray(image)
+    raise TypeError(f"expected a PIL image, a uint8 numpy array or a path, got {type(image).__name__}")
+
+
+def _resized_shortest_side(height: int, width: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) with the shortest side at `size`; the long side is truncated, as torchvision does."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+def _center_crop_offset(length: int, size: int) -> int:
+    # torchvision rounds half-way offsets with Python's round (half to even), not floor.
+    return int(round((length - size) / 2.0))
+
+
+def preprocess_image(image: ImageLike, image_size: int = 224) -> np.ndarray:
+    """OpenAI CLIP eval transform: float32 [S, S, 3], normalised with the OpenAI mean/std."""
+    pil = _to_pil(image)
+    new_h, new_w = _resized_shortest_side(pil.height, pil.width, image_size)
+    # PIL's bicubic always antialiases when downsampling; torchvision's Resize passes PIL images through.
+    pil = pil.resize((new_w, new_h), Image.BICUBIC)
+    top = _center_crop_offset(new_h, image_size)
+    left = _center_crop_offset(new_w, image_size)
+    pil = pil.crop((left, top, left + image_size, top + image_size))
+    if pil.mode != "RGB":
+        pil = pil.convert("RGB")
+    pixels = np.asarray(pil, dtype=np.float32) / np.float32(255.0)
+    return (pixels - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
+
+
+def preprocess_batch(images: Sequence[ImageLike], image_size: int = 224) -> np.ndarray:
+    """`preprocess_image` over a sequence, stacked into float32 [N, S, S, 3]."""
+    if len(images) == 0:
+        return np.zeros((0, image_size, image_size, 3), np.float32)
+    return np.stack([preprocess_image(image, image_size) for image in images])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tf.data path (tensorflow imported lazily)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _tf_rgb(image: Any) -> tf.Tensor:
+    """uint8 [H, W, C] with C in {1, 3, 4} (statically known) -> uint8 [H, W, 3]."""
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        raise TypeError(f"expected a uint8 image tensor, got {image.dtype}")
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    elif channels != 3:
+        raise ValueError(f"expected an image with 1, 3 or 4 (static) channels, got shape {image.shape}")
+    return image
+
+
+def _tf_bicubic_to_normalized(image: tf.Tensor, height: Any, width: Any) -> tf.Tensor:
+    """Antialiased bicubic resize, then PIL's uint8 rounding/clamping, then [0, 1] and mean/std."""
+    import tensorflow as tf
+
+    resized = tf.image.resize(image, tf.stack([height, width]), method="bicubic", antialias=True)
+    # PIL returns uint8: clamp the bicubic overshoot and round, which brings tf closer to the PIL path.
+    resized = tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+    pixels = resized / 255.0
+    return (pixels - tf.constant(OPENAI_MEAN, tf.float32)) / tf.constant(OPENAI_STD, tf.float32)
+
+
+def tf_eval_transform(image: Any, image_size: int) -> tf.Tensor:
+    """tf.data version of `preprocess_image`: uint8 [H, W, 3] -> float32 [S, S, 3].
+
+    Same geometry as the PIL path (truncated long side, half-to-even crop offsets); the resize is
+    tf.image's antialiased bicubic, which is close to, but not bit-equal with, PIL's.
+    """
+    import tensorflow as tf
+
+    image = _tf_rgb(image)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    short = tf.minimum(height, width)
+    long = tf.maximum(height, width)
+    # int(size * long / short) in float64, as torchvision computes it in Python.
+    new_long = tf.cast(
+        tf.floor(tf.cast(image_size * long, tf.float64) / tf.cast(short, tf.float64)), tf.int32
+    )
+    portrait = width <= height
+    new_h = tf.where(portrait, new_long, image_size)
+    new_w = tf.where(portrait, image_size, new_long)
+    # Crop before normalising but after resizing, as the reference does; tf.round is half to even.
+    normalized = _tf_bicubic_to_normalized(image, new_h, new_w)
+    top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
+    cropped = normalized[top : top + image_size, left : left + image_size]
+    cropped.set_shape([image_size, image_size, 3])
+    return cropped
+
+
+def _tf_random_resized_crop_box(
+    height: tf.Tensor,
+    width: tf.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    seed: Any | None,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(top, left, crop_h, crop_w) drawn as torchvision's RandomResizedCrop.get_params draws them.
+
+    The ten attempts are drawn at once and the first valid one is taken; if none fits, the fallback is
+    torchvision's central crop with the aspect ratio clamped to `ratio`.
+    """
+    import tensorflow as tf
+
+    attempts = 10
+    if seed is None:
+        u = tf.random.uniform([attempts, 4], dtype=tf.float64)
+    else:
+        u = tf.random.stateless_uniform([attempts, 4], seed=seed, dtype=tf.float64)
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    target_area = h * w * (scale[0] + (scale[1] - scale[0]) * u[:, 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    crop_w = tf.round(tf.sqrt(target_area * aspect))
+    crop_h = tf.round(tf.sqrt(target_area / aspect))
+    valid = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
+    first = tf.argmax(tf.cast(valid, tf.int32), output_type=tf.int32)
+    # Offsets uniform over the integers [0, size - crop]; min() guards u == 1 - eps rounding up.
+    top = tf.minimum(tf.floor(u[first, 2] * (h - crop_h[first] + 1)), h - crop_h[first])
+    left = tf.minimum(tf.floor(u[first, 3] * (w - crop_w[first] + 1)), w - crop_w[first])
+
+    in_ratio = w / h
+    lo_ratio, hi_ratio = min(ratio), max(ratio)
+    fb_w = tf.where(in_ratio > hi_ratio, tf.round(h * hi_ratio), w)
+    fb_h = tf.where(in_ratio < lo_ratio, tf.round(w / lo_ratio), h)
+    fb_top = tf.floor((h - fb_h) / 2)
+    fb_left = tf.floor((w - fb_w) / 2)
+
+    any_valid = tf.reduce_any(valid)
+    box = [
+        tf.where(any_valid, top, fb_top),
+        tf.where(any_valid, left, fb_left),
+        tf.where(any_valid, crop_h[first], fb_h),
+        tf.where(any_valid, crop_w[first], fb_w),
+    ]
+    return tuple(tf.cast(v, tf.int32) for v in box)
+
+
+def tf_train_transform(
+    image: Any,
+    image_size: int,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    seed: Any | None = None,
+) -> tf.Tensor:
+    """open_clip's train transform for tf.data: RandomResizedCrop (bicubic) then mean/std normalisation.
+
+    `seed` is a shape-[2] integer tensor for stateless sampling (the same seed gives the same crop, so a
+    pipeline can be made deterministic, e.g. by zipping with `tf.data.Dataset.random(seed).batch(2)`);
+    None uses TF's global stateful RNG.
+    """
+    import tensorflow as tf
+
+    image = _tf_rgb(image)
+    shape = tf.shape(image)
+    top, left, crop_h, crop_w = _tf_random_resized_crop_box(shape[0], shape[1], scale, ratio, seed)
+    cropped = image[top : top + crop_h, left : left + crop_w]
+    out = _tf_bicubic_to_normalized(cropped, image_size, image_size)
+    out.set_shape([image_size, image_size, 3])
+    return out
