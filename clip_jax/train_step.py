@@ -1,0 +1,157 @@
+"""The contrastive train step: forward both towers, loss, backward, optimizer update.
+
+Kept free of tensorflow and of any I/O so that it runs on an accelerator box with only jax/flax/optax
+(the GPU benchmark uses it as is). `train.py` jits it with explicit shardings.
+
+Gradient accumulation is exact for contrastive losses (as open_clip's `accum_freq`): the features of
+every micro-batch are computed first without gradients, the loss over the whole batch gives the
+cotangents of all features, and each micro-batch is then re-run under `jax.vjp` with its slice of those
+cotangents. The summed parameter gradients equal those of one step on the k-times larger batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from clip_jax.losses import contrastive_loss
+from clip_jax.models.clip import CLIP, l2_normalize
+
+# OpenAI clamps the learned temperature so that exp(logit_scale) <= 100.
+MAX_LOG_SCALE = math.log(100.0)
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    # Base key; the key of step s is fold_in(rng, s), so resuming needs no RNG bookkeeping.
+    rng: jax.Array
+
+
+def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+
+
+def make_train_step(
+    model: CLIP,
+    tx: optax.GradientTransformation,
+    *,
+    loss: str = "softmax",
+    mesh: Mesh | None = None,
+    batch_axes: Sequence[str] = ("data", "fsdp"),
+    accum_steps: int = 1,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Return step(state, batch) -> (state, metrics); not jitted, so the caller chooses the shardings.
+
+    With a mesh the loss is the sharded one that never builds the global B x B logits on one device.
+    """
+    has_bias = model.cfg.init_logit_bias is not None
+
+    def features(params: Any, images: jax.Array, tokens: jax.Array, rng: jax.Array):
+        img, txt = model.apply(
+            {"params": params},
+            images,
+            tokens,
+            train=True,
+            rngs={"dropout": rng},
+            method=_encode_both,
+        )
+        return l2_normalize(img), l2_normalize(txt)
+
+    def loss_from(img, txt, log_scale, bias):
+        return contrastive_loss(
+            loss, img, txt, jnp.exp(log_scale), bias, mesh=mesh, batch_axes=tuple(batch_axes)
+        )
+
+    def full_batch_grads(params, batch, rng):
+        def loss_fn(p):
+            img, txt = features(p, batch["image"], batch["text"], rng)
+            return loss_from(img, txt, p["logit_scale"], p.get("logit_bias"))
+
+        return jax.value_and_grad(loss_fn)(params)
+
+    def accumulated_grads(params, batch, rng):
+        micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
+        rngs = jax.random.split(rng, accum_steps)
+
+        def fwd(_, xs):
+            mb, r = xs
+            return None, features(params, mb["image"], mb["text"], r)
+
+        _, (img, txt) = jax.lax.scan(fwd, None, (micro, rngs))
+        flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+        direct = {"logit_scale": params["logit_scale"]}
+        if has_bias:
+            direct["logit_bias"] = params["logit_bias"]
+
+        def batch_loss(img, txt, direct):
+            return loss_from(flat(img), flat(txt), direct["logit_scale"], direct.get("logit_bias"))
+
+        loss_value, (d_img, d_txt, d_direct) = jax.value_and_grad(batch_loss, argnums=(0, 1, 2))(
+            img, txt, direct
+        )
+
+        def bwd(acc, xs):
+            mb, r, gi, gt = xs
+            _, vjp = jax.vjp(lambda p: features(p, mb["image"], mb["text"], r), params)
+            (g,) = vjp((gi, gt))
+            return jax.tree.map(jnp.add, acc, g), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(bwd, zeros, (micro, rngs, d_img, d_txt))
+        grads = dict(grads)
+        for k, g in d_direct.items():
+            grads[k] = grads[k] + g
+        return loss_value, grads
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        if accum_steps > 1:
+            loss_value, grads = accumulated_grads(state.params, batch, rng)
+        else:
+            loss_value, grads = full_batch_grads(state.params, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params = dict(params)
+        params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_SCALE)
+        metrics = {
+            "loss": loss_value,
+            "logit_scale": jnp.exp(params["logit_scale"]),
+            "grad_norm": optax.global_norm(grads),
+        }
+        if has_bias:
+            metrics["logit_bias"] = params["logit_bias"]
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return step
+
+
+def _encode_both(module: CLIP, images: jax.Array, tokens: jax.Array, train: bool = False):
+    return module.encode_image(images, train=train), module.encode_text(tokens)
+
+
+def _split_micro(x: jax.Array, k: int) -> jax.Array:
+    """[B, ...] -> [k, B/k, ...] with micro-batch j = rows j, j+k, j+2k, ...
+
+    Strided rather than contiguous, so that each device's contiguous block of the batch holds an equal
+    share of every micro-batch and splitting moves no data between devices.
+    """
+    b = x.shape[0]
+    if b % k:
+        raise ValueError(f"batch size {b} is not divisible by config.accum_steps={k}")
+    return jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
