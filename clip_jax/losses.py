@@ -2,8 +2,8 @@
 
 The dense functions are the readable references: they build the full global B x B logit matrix.
 The sharded functions compute the same global mean with `jax.shard_map`: each device holds its
-local rows of the batch, all-gathers the other tower's features and builds only its [b, B] block of
-logits, so no device ever holds B x B. Gradients come from autodiff through `all_gather` (its
+local rows of the batch, all-gathers the text features and builds only its [b, B] block of logits,
+so no device ever holds B x B. Gradients come from autodiff through `all_gather` (its
 transpose is a reduce-scatter), which gives every shard the cotangent contributions of the negatives
 it served to other shards.
 
@@ -73,23 +73,30 @@ def softmax_loss_sharded(
     mesh: Mesh,
     batch_axes: Sequence[str] = DEFAULT_BATCH_AXES,
 ) -> jax.Array:
-    """`softmax_loss` with the batch sharded over `batch_axes`; each device builds [b, B] logits per direction.
+    """`softmax_loss` with the batch sharded over `batch_axes`; each device builds one [b, B] logit block.
 
-    Other mesh axes (e.g. `tensor`) see the features replicated.
+    Image->text rows are local; text->image columns combine per-shard partial logsumexps with a psum of
+    [B] vectors. Other mesh axes (e.g. `tensor`) see the features replicated.
     """
     axes = _check_batch_axes(mesh, batch_axes)
 
     def local(img_l, txt_l, scale):
         b = img_l.shape[0]
-        # Global index of this shard's first row; all_gather(tiled) concatenates in the same
-        # major-to-minor order over `axes` as the P(axes) batch sharding and axis_index.
-        labels = jax.lax.axis_index(axes) * b + jnp.arange(b)
+        n = b * jax.lax.psum(1, axes)
+        # all_gather(tiled) concatenates in the same major-to-minor order over `axes` as the P(axes)
+        # batch sharding and axis_index, so local row i is global row offset + i.
         txt_all = jax.lax.all_gather(txt_l, axes, tiled=True)
-        img_all = jax.lax.all_gather(img_l, axes, tiled=True)
-        i2t = _softmax_ce_sum(_logits(img_l, txt_all, scale), labels)
-        t2i = _softmax_ce_sum(_logits(txt_l, img_all, scale), labels)
-        total = jax.lax.psum(i2t + t2i, axes)
-        return total / (2 * b * jax.lax.psum(1, axes))
+        logits = _logits(img_l, txt_all, scale)  # [b, B]: this shard's rows of the global logits
+        labels = jax.lax.axis_index(axes) * b + jnp.arange(b)
+        positives = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+        row_lse = jax.nn.logsumexp(logits, axis=1)
+        # text->image needs a logsumexp down each global column, i.e. over every shard's rows: combine
+        # per-shard partial sums instead of gathering the image features and building a second block.
+        # The shift only stabilises exp, so it carries no gradient (and pmax has no transpose).
+        col_max = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=0)), axes)
+        col_lse = jnp.log(jax.lax.psum(jnp.sum(jnp.exp(logits - col_max), axis=0), axes)) + col_max
+        local_sum = jnp.sum(row_lse) - 2 * jnp.sum(positives)
+        return (jax.lax.psum(local_sum, axes) + jnp.sum(col_lse)) / (2 * n)
 
     fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axes, None), P(axes, None), P()), out_specs=P())
     return fn(img, txt, jnp.asarray(logit_scale, jnp.float32))
