@@ -13,6 +13,7 @@ Logits are always accumulated in float32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -58,11 +59,14 @@ def sigmoid_loss(img: jax.Array, txt: jax.Array, logit_scale: jax.Array, logit_b
     return _sigmoid_nll_sum(logits, 0) / img.shape[0]
 
 
-def _check_batch_axes(mesh: Mesh, batch_axes: Sequence[str]) -> tuple[str, ...]:
+def _check_batch_axes(mesh: Mesh, batch_axes: Sequence[str], batch: int) -> tuple[str, ...]:
     batch_axes = tuple(batch_axes)
     missing = [a for a in batch_axes if a not in mesh.axis_names]
     if missing or not batch_axes:
         raise ValueError(f"batch_axes {batch_axes} must be non-empty axes of the mesh {mesh.axis_names}")
+    shards = math.prod(mesh.shape[a] for a in batch_axes)
+    if batch % shards:
+        raise ValueError(f"global batch {batch} is not divisible by the {shards} shards of {batch_axes}")
     return batch_axes
 
 
@@ -78,7 +82,7 @@ def softmax_loss_sharded(
     Image->text rows are local; text->image columns combine per-shard partial logsumexps with a psum of
     [B] vectors. Other mesh axes (e.g. `tensor`) see the features replicated.
     """
-    axes = _check_batch_axes(mesh, batch_axes)
+    axes = _check_batch_axes(mesh, batch_axes, img.shape[0])
 
     def local(img_l, txt_l, scale):
         b = img_l.shape[0]
@@ -114,7 +118,7 @@ def sigmoid_loss_sharded(
 
     The sigmoid loss sums over all pairs, so one direction (local images vs all texts) covers it.
     """
-    axes = _check_batch_axes(mesh, batch_axes)
+    axes = _check_batch_axes(mesh, batch_axes, img.shape[0])
 
     def local(img_l, txt_l, scale, bias):
         b = img_l.shape[0]
