@@ -1,0 +1,135 @@
+"""HuggingFace `transformers.CLIPModel` checkpoints: key names, q/k/v packing and config.json.
+
+A HF state dict is rewritten into open_clip's key names (q, k and v stacked into `in_proj_*`, the
+projection Linears transposed into open_clip's [width, embed] matrices), so that one mapping
+(`clip_jax.weights.open_clip`) serves every format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.weights.infer import mlp_ratio
+
+# Buffers some transformers versions saved; not weights.
+HF_IGNORED = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+_TOWERS = {"vision_model.": "visual.", "text_model.": ""}
+
+# Per-block names: HF suffix -> open_clip suffix (q/k/v are handled separately).
+_BLOCK = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "self_attn.out_proj": "attn.out_proj",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+
+# Non-block names: HF key -> open_clip key.
+_SINGLE = {
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",  # sic: HF's spelling
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "logit_scale": "logit_scale",
+}
+# HF Linear weights [embed, width]; open_clip stores x @ proj with proj [width, embed].
+_PROJECTIONS = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
+
+_LAYER = re.compile(r"^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("vision_model.", "text_model.")) for k in state_dict)
+
+
+def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Rename a HF CLIPModel state dict into open_clip's layout.
+
+    Returns the new state dict and {open_clip key: HF key} for error messages. Keys that match no rule
+    are kept under their HF name so that the shape check reports them as unexpected.
+    """
+    out: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    qkv: dict[tuple[str, str], dict[str, tuple[str, np.ndarray]]] = {}
+    for key, value in state_dict.items():
+        if key in HF_IGNORED:
+            continue
+        if key in _SINGLE:
+            new = _SINGLE[key]
+        elif key in _PROJECTIONS:
+            new, value = _PROJECTIONS[key], np.asarray(value).T
+        elif m := _LAYER.match(key):
+            tower, idx, name, leaf = m.groups()
+            prefix = f"{_TOWERS[tower + '.']}transformer.resblocks.{idx}."
+            if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                qkv.setdefault((prefix, leaf), {})[name[-6]] = (key, value)
+                continue
+            new = prefix + _BLOCK[name] + "." + leaf if name in _BLOCK else key
+        else:
+            new = key
+        out[new] = value
+        if new != key:
+            origin[new] = key
+    for (prefix, leaf), parts in qkv.items():
+        new = f"{prefix}attn.in_proj_{leaf}"
+        if set(parts) != {"q", "k", "v"}:
+            missing = sorted({"q", "k", "v"} - set(parts))
+            raise ValueError(
+                f"missing key(s) {[f'{p}_proj.{leaf}' for p in missing]} next to {parts[min(parts)][0]}"
+            )
+        shapes = {parts[p][0]: tuple(parts[p][1].shape) for p in "qkv"}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"q/k/v projections must have equal shapes, found {shapes}")
+        out[new] = np.concatenate([np.asarray(parts[p][1]) for p in "qkv"], axis=0)
+        origin[new] = "/".join(parts[p][0] for p in "qkv")
+    return out, origin
+
+
+def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
+    """CLIPConfig from a HF CLIPModel `config.json` (hidden_act decides between QuickGELU and GELU)."""
+    v, t = hf_config.get("vision_config", {}), hf_config.get("text_config", {})
+    acts = {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")}
+    if len(acts) != 1 or not acts <= {"quick_gelu", "gelu"}:
+        raise ValueError(f"unsupported hidden_act {sorted(acts)}: clip_jax has quick_gelu or (exact) gelu")
+    for name, sub in (("vision", v), ("text", t)):
+        eps = sub.get("layer_norm_eps", 1e-5)
+        if eps != 1e-5:
+            raise ValueError(f"{name} layer_norm_eps={eps}: clip_jax's LayerNorm uses 1e-5")
+    v_width = v.get("hidden_size", 768)
+    v_heads = v.get("num_attention_heads", 12)
+    vision = VisionConfig(
+        image_size=v.get("image_size", 224),
+        patch_size=v.get("patch_size", 32),
+        width=v_width,
+        layers=v.get("num_hidden_layers", 12),
+        head_width=v_width // v_heads,
+        mlp_ratio=mlp_ratio(v.get("intermediate_size", 3072), v_width),
+    )
+    t_width = t.get("hidden_size", 512)
+    text = TextConfig(
+        context_length=t.get("max_position_embeddings", 77),
+        vocab_size=t.get("vocab_size", 49408),
+        width=t_width,
+        heads=t.get("num_attention_heads", 8),
+        layers=t.get("num_hidden_layers", 12),
+        mlp_ratio=mlp_ratio(t.get("intermediate_size", 2048), t_width),
+    )
+    return CLIPConfig(
+        embed_dim=hf_config.get("projection_dim", 512),
+        vision=vision,
+        text=text,
+        quick_gelu=acts == {"quick_gelu"},
+    )

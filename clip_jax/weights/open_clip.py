@@ -1,0 +1,174 @@
+"""open_clip / OpenAI state dict <-> clip_jax params.
+
+The mapping is a table built from the parameter tree itself: every Flax leaf has one state-dict key and
+a layout `kind` that says how the PyTorch tensor is rearranged (see `clip_jax/models/transformer.py` for
+the Flax shapes). The same table drives import, export and the shape check, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+# Keys that are buffers or hyperparameters in some checkpoints, never weights.
+IGNORED_KEYS = ("attn_mask", "visual.attn_mask")
+
+# Scalars that open_clip stores either as shape [] or [1] (nonscalar_logit_scale).
+_SCALARS = ("logit_scale", "logit_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    path: tuple[str, ...]  # path in the (per-layer) Flax params tree
+    key: str  # open_clip state-dict key
+    kind: str  # one of _LAYOUTS
+
+
+def _conv_to_flax(t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return t.transpose(2, 3, 1, 0)  # [out, in, kh, kw] -> [kh, kw, in, out]
+
+
+def _conv_from_flax(a: np.ndarray) -> np.ndarray:
+    return a.transpose(3, 2, 0, 1)
+
+
+def _qkv_to_flax(t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    width, three, heads, head_dim = shape  # rows of in_proj_weight are (q|k|v, head, dim)
+    return t.reshape(three, heads, head_dim, width).transpose(3, 0, 1, 2)
+
+
+def _qkv_from_flax(a: np.ndarray) -> np.ndarray:
+    return a.transpose(1, 2, 3, 0).reshape(-1, a.shape[0])
+
+
+def _out_to_flax(t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return t.T.reshape(shape)  # [W_out, H*D] -> [H, D, W_out]
+
+
+def _out_from_flax(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1]).T
+
+
+# kind: (torch -> flax given the flax shape, flax -> torch, torch shape of a flax shape)
+_LAYOUTS: dict[str, tuple[Callable, Callable, Callable[[tuple[int, ...]], tuple[int, ...]]]] = {
+    "copy": (lambda t, s: t.reshape(s), lambda a: a, lambda s: s),
+    "linear": (lambda t, s: t.T, lambda a: a.T, lambda s: s[::-1]),
+    "conv": (_conv_to_flax, _conv_from_flax, lambda s: (s[3], s[2], s[0], s[1])),
+    "qkv": (_qkv_to_flax, _qkv_from_flax, lambda s: (math.prod(s[1:]), s[0])),
+    "qkv_bias": (lambda t, s: t.reshape(s), lambda a: a.reshape(-1), lambda s: (math.prod(s),)),
+    "out": (_out_to_flax, _out_from_flax, lambda s: (s[-1], math.prod(s[:-1]))),
+}
+
+
+def _entry(path: tuple[str, ...]) -> Entry:
+    """The state-dict key and layout of one Flax leaf."""
+    parts = list(path)
+    # open_clip's CLIP keeps the text tower at the top level (no `text.` prefix).
+    if parts[0] == "text":
+        parts = parts[1:]
+    *mods, leaf = parts
+    parent = mods[-1] if mods else ""
+    kind = "copy"
+    if parent == "conv1":
+        kind = "conv"
+    elif parent == "qkv":
+        kind = "qkv" if leaf == "kernel" else "qkv_bias"
+    elif parent == "out":
+        kind = "out" if leaf == "kernel" else "copy"
+    elif leaf == "kernel":
+        kind = "linear"
+    names = []
+    for m in mods:
+        if m.startswith("resblocks_"):
+            names += ["resblocks", m[len("resblocks_") :]]
+        else:
+            names.append({"qkv": "in_proj", "out": "out_proj"}.get(m, m))
+    tail = {"scale": "weight", "kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
+    if parent == "qkv":  # nn.MultiheadAttention names: in_proj_weight / in_proj_bias
+        names[-1] = f"in_proj_{tail}"
+        return Entry(tuple(path), ".".join(names), kind)
+    return Entry(tuple(path), ".".join(names + [tail]), kind)
+
+
+def mapping(param_shapes: Mapping[str, Any]) -> list[Entry]:
+    """Table of entries for a per-layer (unscanned) params tree of shapes or arrays."""
+    return [_entry(path) for path, _ in _flatten(param_shapes)]
+
+
+def expected_shapes(param_shapes: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """{state-dict key: torch shape} that a checkpoint of this params tree must have."""
+    return {
+        _entry(path).key: tuple(_LAYOUTS[_entry(path).kind][2](tuple(leaf.shape)))
+        for path, leaf in _flatten(param_shapes)
+    }
+
+
+def check_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    param_shapes: Mapping[str, Any],
+    what: str = "the model config",
+    origin: Mapping[str, str] | None = None,
+) -> None:
+    """Raise ValueError naming every missing, unexpected or mis-shaped key (expected vs found shapes).
+
+    `origin` maps open_clip keys to the checkpoint's own key names (for HF files) for the message.
+    """
+    expected = expected_shapes(param_shapes)
+    found = {k: tuple(v.shape) for k, v in state_dict.items() if k not in IGNORED_KEYS}
+    name = lambda k: f"{k} (file key {origin[k]})" if origin and k in origin else k
+    problems = []
+    for k in sorted(set(expected) - set(found)):
+        problems.append(f"missing key {name(k)}: expected shape {expected[k]}, found nothing")
+    for k in sorted(set(found) - set(expected)):
+        problems.append(f"unexpected key {name(k)}: expected nothing, found shape {found[k]}")
+    for k in sorted(set(expected) & set(found)):
+        e, f = expected[k], found[k]
+        if e != f and not (k in _SCALARS and math.prod(e) == math.prod(f) == 1):
+            problems.append(f"mis-shaped key {name(k)}: expected shape {e}, found shape {f}")
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (
+            f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        )
+        raise ValueError(f"checkpoint does not match {what}:\n  {shown}")
+
+
+def state_dict_to_params(
+    state_dict: Mapping[str, np.ndarray], param_shapes: Mapping[str, Any], dtype: Any = np.float32
+) -> dict:
+    """Rearrange an open_clip state dict into a per-layer Flax params tree (call check_state_dict first)."""
+    params: dict = {}
+    for path, leaf in _flatten(param_shapes):
+        e = _entry(path)
+        value = _LAYOUTS[e.kind][0](np.asarray(state_dict[e.key]), tuple(leaf.shape))
+        _set(params, path, np.asarray(value, dtype=dtype))
+    return params
+
+
+def params_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per-layer Flax params -> open_clip state dict (numpy, contiguous, the params' dtype)."""
+    out = {}
+    for path, leaf in _flatten(params):
+        e = _entry(path)
+        out[e.key] = np.asarray(_LAYOUTS[e.kind][1](np.asarray(leaf)), order="C")
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out = []
+    for k in sorted(tree):
+        v = tree[k]
+        if isinstance(v, Mapping):
+            out += _flatten(v, prefix + (k,))
+        else:
+            out.append((prefix + (k,), v))
+    return out
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
