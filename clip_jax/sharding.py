@@ -82,6 +82,21 @@ def logical_to_mesh_sharding(boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -
     )
 
 
+def strip_boxes(tree: Any) -> Any:
+    """Replace nn.Partitioned boxes by their values without applying sharding constraints (which
+    nn.unbox does, and which fails outside jit for abstract values)."""
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )
+
+
+def dict_key_path(path: Sequence[Any]) -> str:
+    """'/'-joined dict keys of a pytree key path (attribute and sequence keys of wrappers are skipped)."""
+    return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) dimension split over data and fsdp; everything else replicated."""
     return NamedSharding(mesh, P(BATCH_AXES))
@@ -89,3 +104,25 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def shardings_by_param_path(abstract_tree: Any, param_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for a tree that embeds copies of the params tree (TrainState, optax states).
+
+    A leaf whose dict-key path ends with a parameter's path (e.g. opt_state/.../mu/visual/proj) and has
+    that parameter's shape gets the parameter's sharding; everything else (step counts, RNG) is
+    replicated. This keeps Adam's moments sharded exactly like the parameters they belong to.
+    """
+    by_path = {}
+    for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]:
+        by_path[dict_key_path(path)] = s
+
+    def pick(path, leaf):
+        keys = dict_key_path(path).split("/")
+        for i in range(len(keys)):
+            s = by_path.get("/".join(keys[i:]))
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_tree)

@@ -70,30 +70,62 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        width = x.shape[-1]
-        head_dim = width // self.heads
-        init = nn.initializers.normal(stddev=width**-0.5)
-        qkv = nn.DenseGeneral(
-            features=(3, self.heads, head_dim),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_p(init, ("embed", None, "heads", "kv")),
-            bias_init=_p(nn.initializers.zeros, (None, "heads", "kv")),
-            name="qkv",
-        )(x)
+        qkv = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
         qkv = nn.with_logical_constraint(qkv, ("act_batch", "act_len", None, "act_heads", None))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
-        return nn.DenseGeneral(
-            features=width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_p(init, ("heads", "kv", "embed")),
-            bias_init=_p(nn.initializers.zeros, ("embed",)),
-            name="out",
-        )(out)
+        return AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+
+class QKVProjection(nn.Module):
+    """W -> [3, H, D]: OpenAI's packed in_proj, kept packed so one matmul computes q, k and v.
+
+    Explicit params + einsum rather than nn.DenseGeneral, whose init reshapes a 2-D kernel and so
+    cannot carry 4-D logical axis names.
+    """
+
+    heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        kernel = self.param(
+            "kernel",
+            _p(nn.initializers.normal(stddev=width**-0.5), ("embed", None, "heads", "kv")),
+            (width, 3, self.heads, head_dim),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            _p(nn.initializers.zeros, (None, "heads", "kv")),
+            (3, self.heads, head_dim),
+            self.param_dtype,
+        )
+        return jnp.einsum("bld,dthk->blthk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class AttentionOut(nn.Module):
+    """Output projection [H, D] -> W of the attention heads."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        heads, head_dim = x.shape[-2:]
+        width = heads * head_dim
+        kernel = self.param(
+            "kernel",
+            _p(nn.initializers.normal(stddev=width**-0.5), ("heads", "kv", "embed")),
+            (heads, head_dim, width),
+            self.param_dtype,
+        )
+        bias = self.param("bias", _p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
+        return jnp.einsum("blhk,hkd->bld", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class MLP(nn.Module):

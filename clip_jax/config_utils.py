@@ -1,0 +1,117 @@
+"""The training config schema (every field with its default), its validation, and model resolution.
+
+Config files start from `default_config()` and change fields; a field that is not in the schema is an
+error that names it, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from clip_jax.models.config import CLIPConfig, get_model_config
+
+LOSSES = ("softmax", "sigmoid")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # A named model (clip_jax.models.MODEL_CONFIGS, e.g. "ViT-B-32") or, set inside
+    # `with c.ignore_type():`, an inline dict in CLIPConfig's form {"embed_dim", "vision", "text", ...},
+    # optionally with "base": NAME to change only some fields of a named model.
+    c.model = "ViT-B-32"
+    c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
+    c.scan = False  # nn.scan over layers (faster compiles for deep models)
+    c.remat_policy = "none"  # none | full | dots | dots_no_batch
+    c.attention_impl = ""  # "" lets XLA choose; "cudnn" or "xla" to force one
+    c.patch_dropout = 0.0  # FLIP: fraction of image patches dropped during training
+
+    c.batch_size = 256  # global, over all devices and processes
+    c.accum_steps = 1  # micro-batches per step; exact for contrastive losses
+    c.total_steps = 1000
+    c.seed = 0
+    c.loss = "softmax"  # softmax (CLIP) | sigmoid (SigLIP; needs a model with init_logit_bias)
+    c.sharded_loss = True  # shard_map loss that never builds the global B x B logits
+
+    c.lr = 5e-4
+    c.warmup_steps = 100
+    c.end_lr_ratio = 0.0
+    c.weight_decay = 0.2
+    c.b1 = 0.9
+    c.b2 = 0.98
+    c.eps = 1e-6
+    c.grad_clip_norm = 0.0  # 0 disables clipping
+    c.freeze = ()  # regexes of parameter paths to freeze; LiT: ("^visual/",)
+    c.lr_mults = ()  # ((regex, multiplier), ...); the last matching rule wins
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: remaining devices
+
+    c.init_from = ""  # weights to start from: converted orbax dir, open_clip/HF/OpenAI file
+    c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
+
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.log_every = 10
+    c.eval_every = 0  # 0: only at the end (if eval datasets are configured)
+
+    c.data = ml_collections.ConfigDict({"source": "random"})
+    # Zero-shot evaluations run every eval_every steps: list of dicts understood by clip_jax.eval.
+    c.eval = ml_collections.ConfigDict({"zeroshot": []})
+    return c
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the first unknown or invalid field."""
+    _check_fields(config, default_config(), "config")
+    if config.loss not in LOSSES:
+        raise ValueError(f"config.loss={config.loss!r}; choose from {LOSSES}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"config.dtype={config.dtype!r}; choose from {DTYPES}")
+    for field in ("batch_size", "total_steps", "accum_steps", "log_every", "checkpoint_every"):
+        if int(config[field]) < 1:
+            raise ValueError(f"config.{field} must be >= 1, got {config[field]}")
+    if config.batch_size % config.accum_steps:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by config.accum_steps")
+    if not 0.0 <= config.patch_dropout < 1.0:
+        raise ValueError(f"config.patch_dropout must be in [0, 1), got {config.patch_dropout}")
+    model_cfg = resolve_model_config(config.model)
+    if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
+        raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
+
+
+# Sections whose sub-fields belong to other modules (data sources, evaluators) and are checked there.
+_OPEN_SECTIONS = ("data", "eval", "model")
+
+
+def _check_fields(config: Any, schema: Any, where: str) -> None:
+    for key in config.keys():
+        if key not in schema:
+            raise ValueError(f"unknown field {where}.{key}; known fields: {sorted(schema.keys())}")
+        sub, ref = config[key], schema[key]
+        if key in _OPEN_SECTIONS and where == "config":
+            continue
+        if isinstance(ref, ml_collections.ConfigDict):
+            if not isinstance(sub, ml_collections.ConfigDict):
+                raise ValueError(f"{where}.{key} must be a section like {ref.to_dict()}")
+            _check_fields(sub, ref, f"{where}.{key}")
+
+
+def resolve_model_config(model: Any) -> CLIPConfig:
+    """config.model: a name from clip_jax.models.MODEL_CONFIGS, or an inline dict in CLIPConfig's form."""
+    if isinstance(model, str):
+        return get_model_config(model)
+    if isinstance(model, CLIPConfig):
+        return model
+    if isinstance(model, ml_collections.ConfigDict):
+        model = model.to_dict()
+    if isinstance(model, dict):
+        base = model.pop("base", None)
+        if base is not None:
+            merged = get_model_config(base).to_dict()
+            for k, v in model.items():
+                merged[k] = {**merged[k], **v} if isinstance(v, dict) else v
+            model = merged
+        return CLIPConfig.from_dict(model)
+    raise ValueError(f"config.model must be a model name or a dict, got {type(model).__name__}")

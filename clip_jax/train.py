@@ -1,0 +1,329 @@
+"""Train a CLIP model: `python -m clip_jax.train --config configs/synthetic_tiny.py --workdir runs/tiny`.
+
+Reads top to bottom in the order things happen: processes, config, mesh, model, data, state (restored or
+initialised straight into its shardings), the jitted step, and the loop with logging, evaluation,
+checkpoints and preemption handling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from clip_jax import sharding
+from clip_jax.checkpoint import Checkpointer, abstract_like
+from clip_jax.config_utils import resolve_model_config, validate_config
+from clip_jax.models.clip import CLIP
+from clip_jax.optim import make_optimizer
+from clip_jax.train_step import TrainState, init_train_state, make_train_step
+
+log = logging.getLogger("clip_jax.train")
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
+    """Join a multi-process run. Arguments fall back to the CLIP_JAX_COORDINATOR_ADDRESS,
+    CLIP_JAX_NUM_PROCESSES and CLIP_JAX_PROCESS_ID variables; `auto` lets JAX detect a TPU pod or a
+    SLURM/Open MPI cluster by itself."""
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("CLIP_JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "CLIP_JAX_NUM_PROCESSES" in env:
+        num_processes = int(env["CLIP_JAX_NUM_PROCESSES"])
+    if process_id is None and "CLIP_JAX_PROCESS_ID" in env:
+        process_id = int(env["CLIP_JAX_PROCESS_ID"])
+    if coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        )
+    elif auto:
+        jax.distributed.initialize()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | None = None) -> TrainState:
+    """Run (or resume) the training described by `config` in `workdir`; returns the final state."""
+    validate_config(config)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp.
+    mesh = sharding.make_mesh(**config.mesh, devices=devices)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        return _train_on_mesh(config, workdir, mesh, is_main)
+
+
+def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
+    # Model.
+    model_cfg = resolve_model_config(config.model)
+    model = CLIP(
+        model_cfg,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.float32,
+        scan=config.scan,
+        remat_policy=config.remat_policy,
+        attention_impl=config.attention_impl or None,
+        patch_dropout=config.patch_dropout,
+    )
+
+    # Data: each process reads its own slice of every global batch.
+    data_iter = make_train_data(config, model_cfg)
+
+    # State: shapes from eval_shape, shardings from the parameters' logical axis names, then a jitted
+    # init that writes each shard straight onto its device (no full copy of the params on one host).
+    def init_params(rng):
+        img = jnp.zeros((1, model_cfg.vision.image_size, model_cfg.vision.image_size, 3), jnp.float32)
+        txt = jnp.zeros((1, model_cfg.text.context_length), jnp.int32)
+        return model.init(rng, img, txt)["params"]
+
+    boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    param_shardings = sharding.logical_to_mesh_sharding(boxed, mesh)
+    abstract_params = sharding.strip_boxes(boxed)
+    tx, schedule = make_optimizer(
+        abstract_params,
+        lr=config.lr,
+        total_steps=config.total_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        grad_clip_norm=config.grad_clip_norm or None,
+        freeze=tuple(config.freeze),
+        lr_mults=tuple(tuple(x) for x in config.lr_mults),
+        end_lr_ratio=config.end_lr_ratio,
+    )
+    param_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+    def init_state(params):
+        return init_train_state(params, tx, state_rng)
+
+    abstract_state = jax.eval_shape(init_state, abstract_params)
+    state_shardings = sharding.shardings_by_param_path(abstract_state, param_shardings, mesh)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state = ckpt.restore(start, abstract_like(abstract_state, state_shardings))
+        data_iter.set_state(data_state)
+        log.info("resumed from step %d in %s", start, ckpt.directory)
+    else:
+        params = _initial_params(config, model, init_params, param_rng, param_shardings)
+        state = jax.jit(init_state, out_shardings=state_shardings)(params)
+
+    # The step: jitted with explicit shardings and a donated state.
+    use_sharded_loss = config.sharded_loss and _batch_devices(mesh) > 1
+    step_fn = make_train_step(
+        model,
+        tx,
+        loss=config.loss,
+        mesh=mesh if use_sharded_loss else None,
+        batch_axes=sharding.BATCH_AXES,
+        accum_steps=config.accum_steps,
+        schedule=schedule,
+    )
+    batch_sharding = sharding.batch_sharding(mesh)
+    step_fn = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+    loop = TrainLoop(config, workdir, is_main, ckpt, model, data_iter)
+    try:
+        return loop.run(state, step_fn, batch_sharding)
+    finally:
+        ckpt.close()
+        loop.close()
+
+
+def _initial_params(config, model, init_params, rng, param_shardings):
+    if not config.init_from:
+        return jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=param_shardings)(rng)
+    from clip_jax.weights import load_pretrained
+
+    loaded_model, params = load_pretrained(config.init_from_model or None, config.init_from)
+    if loaded_model.cfg != model.cfg:
+        raise ValueError(
+            f"config.init_from={config.init_from!r} holds model {loaded_model.cfg} but config.model is {model.cfg}"
+        )
+    if config.scan:
+        from clip_jax.models import stack_layers
+
+        params = stack_layers(params)
+    return jax.device_put(params, param_shardings)
+
+
+def _batch_devices(mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
+
+
+def make_train_data(config, model_cfg):
+    """The training input named by config.data.source."""
+    common = dict(
+        global_batch_size=config.batch_size,
+        image_size=model_cfg.vision.image_size,
+        context_length=model_cfg.text.context_length,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    if config.data.source == "random":
+        from clip_jax.random_batches import RandomBatches
+
+        return RandomBatches(vocab_size=model_cfg.text.vocab_size, **common)
+    from clip_jax.data import make_train_iterator
+
+    return make_train_iterator(config.data, **common)
+
+
+class TrainLoop:
+    """The loop and its side jobs: progress bar, metrics files, evaluation, checkpoints, SIGTERM."""
+
+    def __init__(self, config, workdir, is_main, ckpt, model, data_iter):
+        self.config, self.workdir, self.is_main = config, workdir, is_main
+        self.ckpt, self.model, self.data_iter = ckpt, model, data_iter
+        self.preempted = False
+        self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
+        self.tb = None
+        if is_main:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def _on_sigterm(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.preempted = True
+
+    def run(self, state: TrainState, step_fn, batch_sharding) -> TrainState:
+        from tqdm import tqdm
+
+        config = self.config
+        step = int(jax.device_get(state.step))
+        bar = tqdm(
+            total=config.total_steps, initial=step, disable=not self.is_main, unit="step", dynamic_ncols=True
+        )
+        pending = None  # (step, metrics) of the last step whose loss is not yet checked
+        last_log_time, last_log_step = time.perf_counter(), step
+        while step < config.total_steps and not self.preempted:
+            batch = next(self.data_iter)
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+                for k, v in batch.items()
+            }
+            state, metrics = step_fn(state, batch)
+            step += 1
+            # Check the previous step's loss while this one runs, so the check costs no pipelining.
+            if pending is not None:
+                self._check_finite(*pending)
+            pending = (step, metrics)
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.total_steps:
+                now = time.perf_counter()
+                ips = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step
+                self._log(step, jax.device_get(metrics), ips, bar)
+            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+                self._evaluate(step, state)
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                self._check_finite(*pending)
+                self.ckpt.save(step, state, self.data_iter.get_state())
+        if self.preempted and step < config.total_steps:
+            self._check_finite(*pending) if pending else None
+            self.ckpt.save(step, state, self.data_iter.get_state(), force=True)
+            log.warning("preempted at step %d; checkpoint saved", step)
+        elif config.eval.zeroshot:
+            self._evaluate(step, state)
+        bar.close()
+        self.ckpt.wait()
+        return state
+
+    def _check_finite(self, step: int, metrics: dict) -> None:
+        loss = float(jax.device_get(metrics["loss"]))
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss} at step {step}; stopping. The last good checkpoint in "
+                f"{self.ckpt.directory} (step {self.ckpt.latest_step()}) is kept."
+            )
+
+    def _log(self, step: int, metrics: dict, images_per_sec: float, bar) -> None:
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_sec": images_per_sec}
+        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_sec:.1f}", refresh=False)
+        if not self.is_main:
+            return
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        for k, v in record.items():
+            if k != "step":
+                self.tb.add_scalar(f"train/{k}", v, step)
+
+    def _evaluate(self, step: int, state: TrainState) -> None:
+        from clip_jax.train_eval import evaluate_zeroshot_tasks
+
+        results = evaluate_zeroshot_tasks(self.config.eval.zeroshot, self.model, state.params)
+        if not self.is_main:
+            return
+        record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        for k, v in results.items():
+            self.tb.add_scalar(f"eval/{k}", v, step)
+        log.info("step %d eval: %s", step, results)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._old_handler)
+        if self.metrics_file:
+            self.metrics_file.close()
+        if self.tb:
+            self.tb.close()
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed_auto
+    )
+    train(FLAGS.config, FLAGS.workdir)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+    flags.DEFINE_bool("distributed_auto", False, "Let JAX detect a TPU pod / SLURM / Open MPI cluster.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main, argv=sys.argv)
