@@ -172,13 +172,15 @@ class Tokenizer:
 
     def _encode_into(self, text: str, out: list[int]) -> int:
         """Append the ids of `text` (no SOT/EOT) to `out`; return how many were appended."""
-        cache = self._chunk_cache
+        # Bound methods hoisted out of the loop: this is the hot path for prompts seen word by word before.
+        cached = self._chunk_cache.get
+        extend = out.extend
         start = len(out)
         for chunk in _clean_chunks(text):
-            ids = cache.get(chunk)
+            ids = cached(chunk)
             if ids is None:
                 ids = self._encode_chunk(chunk)
-            out.extend(ids)
+            extend(ids)
         return len(out) - start
 
     def encode(self, text: str) -> list[int]:
