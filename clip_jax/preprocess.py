@@ -105,8 +105,8 @@ def preprocess_batch(images: Sequence[ImageLike], image_size: int = 224) -> np.n
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _tf_rgb(image: Any) -> tf.Tensor:
-    """uint8 [H, W, C] with C in {1, 3, 4} (statically known) -> uint8 [H, W, 3]."""
+def _tf_check_channels(image: Any) -> tf.Tensor:
+    """uint8 [H, W, C] with C in {1, 3, 4} (statically known) -> uint8 [H, W, 3 or 4]."""
     import tensorflow as tf
 
     image = tf.convert_to_tensor(image)
@@ -115,33 +115,49 @@ def _tf_rgb(image: Any) -> tf.Tensor:
     channels = image.shape[-1]
     if channels == 1:
         image = tf.image.grayscale_to_rgb(image)
-    elif channels == 4:
-        image = image[..., :3]
-    elif channels != 3:
+    elif channels not in (3, 4):
         raise ValueError(f"expected an image with 1, 3 or 4 (static) channels, got shape {image.shape}")
     return image
 
 
 def _tf_bicubic_to_normalized(image: tf.Tensor, height: Any, width: Any) -> tf.Tensor:
-    """Antialiased bicubic resize, then PIL's uint8 rounding/clamping, then [0, 1] and mean/std."""
+    """Antialiased bicubic resize, then PIL's uint8 rounding/clamping, then [0, 1] and mean/std.
+
+    RGBA is resized premultiplied and the alpha dropped afterwards, as PIL (hence the reference) does it:
+    fully transparent regions come out black.
+    """
     import tensorflow as tf
 
-    resized = tf.image.resize(image, tf.stack([height, width]), method="bicubic", antialias=True)
-    # PIL returns uint8: clamp the bicubic overshoot and round, which brings tf closer to the PIL path.
-    resized = tf.round(tf.clip_by_value(resized, 0.0, 255.0))
-    pixels = resized / 255.0
+    def resize(x: tf.Tensor) -> tf.Tensor:
+        x = tf.image.resize(x, tf.stack([height, width]), method="bicubic", antialias=True)
+        # PIL returns uint8: clamp the bicubic overshoot (and round, below), which brings tf closer to PIL.
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    if image.shape[-1] == 4:
+        # PIL's 8-bit "RGBa" round trip: premultiply with rounding, resize, unpremultiply with floor
+        # division (left as is at alpha 0 and 255). At low alpha this quantisation dominates the result.
+        pixels = tf.cast(image, tf.float32)
+        alpha = pixels[..., 3:]
+        premultiplied = tf.concat([tf.round(pixels[..., :3] * alpha / 255.0), alpha], axis=-1)
+        resized = tf.round(resize(premultiplied))
+        rgb, alpha = resized[..., :3], resized[..., 3:]
+        keep = (alpha == 0.0) | (alpha == 255.0)
+        rgb = tf.where(keep, rgb, tf.minimum(tf.floor(255.0 * rgb / tf.maximum(alpha, 1.0)), 255.0))
+    else:
+        rgb = resize(image)
+    pixels = tf.round(rgb) / 255.0
     return (pixels - tf.constant(OPENAI_MEAN, tf.float32)) / tf.constant(OPENAI_STD, tf.float32)
 
 
 def tf_eval_transform(image: Any, image_size: int) -> tf.Tensor:
-    """tf.data version of `preprocess_image`: uint8 [H, W, 3] -> float32 [S, S, 3].
+    """tf.data version of `preprocess_image`: uint8 [H, W, 3] (or 1 or 4 channels) -> float32 [S, S, 3].
 
     Same geometry as the PIL path (truncated long side, half-to-even crop offsets); the resize is
     tf.image's antialiased bicubic, which is close to, but not bit-equal with, PIL's.
     """
     import tensorflow as tf
 
-    image = _tf_rgb(image)
+    image = _tf_check_channels(image)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     short = tf.minimum(height, width)
@@ -226,7 +242,7 @@ def tf_train_transform(
     """
     import tensorflow as tf
 
-    image = _tf_rgb(image)
+    image = _tf_check_channels(image)
     shape = tf.shape(image)
     top, left, crop_h, crop_w = _tf_random_resized_crop_box(shape[0], shape[1], scale, ratio, seed)
     cropped = image[top : top + crop_h, left : left + crop_w]

@@ -32,6 +32,9 @@ DOC = REPO / "docs" / "preprocessing.md"
 # Documented bounds (docs/preprocessing.md) on |tf_eval_transform - preprocess_image| after normalisation.
 TF_MAX_ABS_BOUND = 0.15
 TF_MEAN_ABS_BOUND = 0.005
+# RGBA goes through PIL's 8-bit premultiplied alpha, where one level of difference at alpha 1 becomes 255
+# levels after unpremultiplying: only the mean is bounded there.
+TF_RGBA_MEAN_ABS_BOUND = 0.01
 
 # Normalised values can only lie between what pixel values 0 and 255 map to.
 NORM_LO = (0.0 - np.asarray(OPENAI_MEAN)) / np.asarray(OPENAI_STD)
@@ -71,9 +74,9 @@ def measure_tf_deviation(photos: dict[str, np.ndarray], sizes=(224, 336)) -> lis
     rows = []
     for name, photo in photos.items():
         for size in sizes:
-            pil = preprocess_image(Image.fromarray(photo).convert("RGB"), size)
+            pil = preprocess_image(photo, size)
             rgb = photo if photo.ndim == 3 else photo[..., None]
-            out = tf_eval_transform(tf.constant(rgb[..., :3] if rgb.shape[-1] == 4 else rgb), size).numpy()
+            out = tf_eval_transform(tf.constant(rgb), size).numpy()
             diff = np.abs(out - pil)
             rows.append(
                 {
@@ -175,9 +178,14 @@ def test_pil_path_imports_neither_torch_nor_tensorflow():
 
 
 def test_tf_eval_deviation_within_documented_bound(photos):
-    for row in measure_tf_deviation(photos):
-        assert row["max_abs"] < TF_MAX_ABS_BOUND, row
-        assert row["mean_abs"] < TF_MEAN_ABS_BOUND, row
+    rows = measure_tf_deviation(photos)
+    assert {row["photo"] for row in rows} == set(photos)
+    for row in rows:
+        if row["shape"].endswith("x4"):
+            assert row["mean_abs"] < TF_RGBA_MEAN_ABS_BOUND, row
+        else:
+            assert row["max_abs"] < TF_MAX_ABS_BOUND, row
+            assert row["mean_abs"] < TF_MEAN_ABS_BOUND, row
 
 
 def test_tf_eval_in_dataset_with_dynamic_shapes(photos):
@@ -191,6 +199,7 @@ def test_tf_eval_in_dataset_with_dynamic_shapes(photos):
     with pytest.raises(ValueError, match="channels"):
         ds.map(lambda x: tf_eval_transform(x, 96))
     ds = ds.map(lambda x: tf_eval_transform(tf.ensure_shape(x[..., :3], [None, None, 3]), 96))
+    images[2] = images[2][..., :3]
     assert ds.element_spec.shape == (96, 96, 3) and ds.element_spec.dtype == tf.float32
     outs = list(ds.as_numpy_iterator())
     for image, out in zip(images, outs, strict=True):
@@ -278,7 +287,7 @@ def write_doc_table(rows: list[dict]) -> None:
 
     lines = [
         f"Measured with tensorflow {tf.__version__}, Pillow {pil_version}; bounds asserted by the tests: "
-        f"max abs < {TF_MAX_ABS_BOUND}, mean abs < {TF_MEAN_ABS_BOUND}.",
+        f"max abs < {TF_MAX_ABS_BOUND}, mean abs < {TF_MEAN_ABS_BOUND} (RGBA: mean abs < {TF_RGBA_MEAN_ABS_BOUND}).",
         "",
         "| photo | shape | size | max abs | mean abs |",
         "|---|---|---:|---:|---:|",
@@ -287,9 +296,10 @@ def write_doc_table(rows: list[dict]) -> None:
         f"| {r['photo']} | {r['shape']} | {r['size']} | {r['max_abs']:.4f} | {r['mean_abs']:.5f} |"
         for r in rows
     ]
-    worst = max(r["max_abs"] for r in rows)
-    mean = float(np.mean([r["mean_abs"] for r in rows]))
-    lines += ["", f"Over all rows: worst max abs {worst:.4f}, average mean abs {mean:.5f}."]
+    opaque = [r for r in rows if not r["shape"].endswith("x4")]
+    worst = max(r["max_abs"] for r in opaque)
+    mean = float(np.mean([r["mean_abs"] for r in opaque]))
+    lines += ["", f"Over the RGB and grayscale rows: worst max abs {worst:.4f}, average mean abs {mean:.5f}."]
     begin, end = "<!-- measured:begin -->", "<!-- measured:end -->"
     text = DOC.read_text()
     head, rest = text.split(begin)
