@@ -1,0 +1,72 @@
+"""Zero-shot prediction for one image, as in OpenAI CLIP's README example.
+
+    python -m clip_jax.predict --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
+        --image dog.jpg --labels "a diagram,a dog,a cat"
+
+Prints the probability of each label: softmax over labels of exp(logit_scale) * cos(image, text)
+(exp(logit_scale) is 100 for OpenAI's trained models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clip_jax.models.clip import CLIP
+from clip_jax.preprocess import load_image, preprocess_image
+from clip_jax.tokenizer import tokenize
+from clip_jax.weights import load_pretrained
+
+
+def label_probs(model: CLIP, params: dict, images: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """float32 [N, len(labels)]: per image, the softmax over labels of the scaled cosine similarities."""
+    tokens = tokenize(list(labels), context_length=model.cfg.text.context_length)
+    img, txt, scale = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(tokens))[:3]
+    return np.asarray(jax.nn.softmax(scale * img @ txt.T, axis=-1))
+
+
+def predict(model: CLIP, params: dict, image: str | os.PathLike, labels: Sequence[str]) -> np.ndarray:
+    """Label probabilities [len(labels)] for one image file."""
+    pixels = preprocess_image(load_image(image), model.cfg.vision.image_size)
+    return label_probs(model, params, pixels[None], labels)[0]
+
+
+def parse_labels(text: str) -> list[str]:
+    labels = [s.strip() for s in text.split(",") if s.strip()]
+    if not labels:
+        raise ValueError(f"no labels in {text!r}; pass them comma-separated, e.g. 'a dog,a cat'")
+    return labels
+
+
+def main(argv: Sequence[str] | None = None) -> np.ndarray:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model name, e.g. ViT-B-32-quickgelu (default: infer)")
+    parser.add_argument(
+        "--weights", required=True, help="checkpoint file or directory (any supported format)"
+    )
+    parser.add_argument("--image", required=True, help="image file")
+    parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'a dog,a cat'")
+    parser.add_argument(
+        "--quick-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="activation of an open_clip checkpoint whose model is not named",
+    )
+    args = parser.parse_args(argv)
+    labels = parse_labels(args.labels)
+    model, params = load_pretrained(args.model, args.weights, quick_gelu=args.quick_gelu)
+    probs = predict(model, params, args.image, labels)
+    width = max(len(label) for label in labels)
+    print(f"Label probs for {args.image}:")
+    for label, p in zip(labels, probs, strict=True):
+        print(f"  {label:<{width}}  {p:.6f}")
+    return probs
+
+
+if __name__ == "__main__":
+    main()

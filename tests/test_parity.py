@@ -1,0 +1,204 @@
+"""Parity of converted weights: random open_clip / HF CLIP models vs clip_jax on real photographs.
+
+Each reference model is written to disk in a format users have (.safetensors, torch .bin, TorchScript,
+a HF save_pretrained directory), converted through `load_pretrained`, and fed the same pixels and
+tokens as the PyTorch model. Features and logits must agree to 1e-4 relative (fp32, CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+skimage_data = pytest.importorskip("skimage.data")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from clip_jax import get_model_config, load_pretrained  # noqa: E402
+from clip_jax.preprocess import preprocess_image  # noqa: E402
+from clip_jax.tokenizer import tokenize  # noqa: E402
+
+TEXTS = [
+    "a photo of an astronaut",
+    "a cup of coffee on a saucer",
+    "a cat",
+    "",
+    "Café ☕ — naïve façade, 12.5% OFF!!",
+    " ".join(["a very long caption that is truncated"] * 20),
+]
+REL = 1e-4
+
+
+def photos(size: int) -> np.ndarray:
+    """Three real photographs (different aspect ratios), OpenAI eval preprocessing, [3, S, S, 3]."""
+    return np.stack(
+        [
+            preprocess_image(f(), size)
+            for f in (skimage_data.astronaut, skimage_data.coffee, skimage_data.chelsea)
+        ]
+    )
+
+
+def assert_rel_close(actual, expected, rel: float = REL) -> None:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+    assert err <= rel, f"max relative error {err:.3g} > {rel}"
+
+
+def clip_jax_outputs(model, params, images: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    def fwd(p, x, t):
+        img, txt, scale = model.apply({"params": p}, x, t)[:3]
+        return img, txt, scale * img @ txt.T
+
+    img, txt, logits = jax.jit(fwd)(params, jnp.asarray(images), jnp.asarray(tokens))
+    return {"image": np.asarray(img), "text": np.asarray(txt), "logits": np.asarray(logits)}
+
+
+@torch.no_grad()
+def open_clip_outputs(model, images: np.ndarray, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    img = model.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True)
+    txt = model.encode_text(torch.from_numpy(tokens).long(), normalize=True)
+    return {
+        "image": img.numpy(),
+        "text": txt.numpy(),
+        "logits": (model.logit_scale.exp() * img @ txt.T).numpy(),
+    }
+
+
+def assert_parity(ours: dict, ref: dict) -> None:
+    for k in ref:
+        assert_rel_close(ours[k], ref[k])
+
+
+def small_open_clip(quick_gelu: bool, seed: int) -> torch.nn.Module:
+    """A small open_clip CLIP with a non-default patch and image size (head width 64, as inferred)."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=96,
+        vision_cfg=dict(image_size=112, patch_size=14, width=128, layers=2, head_width=64, mlp_ratio=3.0),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
+        quick_gelu=quick_gelu,
+    )
+    return model.eval()
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def vit_b32(tmp_path_factory):
+    """ViT-B-32-quickgelu (OpenAI's architecture), random init, saved as open_clip .safetensors."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    path = tmp_path_factory.mktemp("b32") / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model, path
+
+
+def test_vit_b32_quickgelu_safetensors(vit_b32):
+    ref_model, path = vit_b32
+    model, params = load_pretrained("ViT-B-32-quickgelu", path)
+    images, tokens = photos(224), tokenize(TEXTS)
+    assert_parity(
+        clip_jax_outputs(model, params, images, tokens), open_clip_outputs(ref_model, images, tokens)
+    )
+
+
+def test_vit_b32_config_inferred_and_bin_identical(vit_b32, tmp_path):
+    """Shapes alone give ViT-B-32; a DDP training checkpoint (.pt, `module.` keys) loads the same params."""
+    ref_model, path = vit_b32
+    model, params = load_pretrained(None, path, quick_gelu=True)
+    assert model.cfg == get_model_config("ViT-B-32-quickgelu")
+    ckpt = tmp_path / "epoch_1.pt"
+    sd = {"module." + k: v for k, v in ref_model.state_dict().items()}
+    torch.save({"epoch": 1, "name": "test", "state_dict": sd}, ckpt)
+    _, params_pt = load_pretrained("ViT-B-32-quickgelu", ckpt)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params, params_pt)
+    assert all(jax.tree.leaves(same))
+
+
+def test_small_gelu_model_bin_inferred(tmp_path):
+    """Exact-GELU custom config (p14 @ 112, mlp_ratio 3) from a torch .bin, config inferred."""
+    ref = small_open_clip(quick_gelu=False, seed=1)
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    model, params = load_pretrained(None, tmp_path / "pytorch_model.bin", quick_gelu=False)
+    assert (model.cfg.vision.patch_size, model.cfg.vision.image_size, model.cfg.quick_gelu) == (
+        14,
+        112,
+        False,
+    )
+    images, tokens = photos(112), tokenize(TEXTS)
+    assert_parity(clip_jax_outputs(model, params, images, tokens), open_clip_outputs(ref, images, tokens))
+    # The activation matters: the same weights under QuickGELU give measurably different features.
+    model_q, params_q = load_pretrained(None, tmp_path / "pytorch_model.bin", quick_gelu=True)
+    wrong = clip_jax_outputs(model_q, params_q, images, tokens)
+    expected = open_clip_outputs(ref, images, tokens)["image"]
+    assert np.max(np.abs(wrong["image"] - expected)) / np.max(np.abs(expected)) > 5 * REL
+
+
+def test_openai_torchscript(tmp_path):
+    """An OpenAI-style TorchScript archive (with its int entries) loads as QuickGELU without being told."""
+    ref = small_open_clip(quick_gelu=True, seed=2)
+    # OpenAI's archives carry these hyperparameters in their state dict (open_clip keeps them as ints).
+    del ref.context_length, ref.vocab_size
+    for name, value in (("input_resolution", 112), ("context_length", 77), ("vocab_size", 49408)):
+        ref.register_buffer(name, torch.tensor(value))
+    images, tokens = photos(112), tokenize(TEXTS)
+    x, t = torch.from_numpy(images[:1]).permute(0, 3, 1, 2), torch.from_numpy(tokens[:1]).long()
+    traced = torch.jit.trace_module(
+        ref, {"forward": (x, t), "encode_image": (x,), "encode_text": (t,)}, check_trace=False
+    )
+    torch.jit.save(traced, str(tmp_path / "ViT-custom.pt"))
+    model, params = load_pretrained(None, tmp_path / "ViT-custom.pt")
+    assert model.cfg.quick_gelu
+    assert_parity(clip_jax_outputs(model, params, images, tokens), open_clip_outputs(ref, images, tokens))
+
+
+def test_hf_clip_model_directory(tmp_path):
+    """HF CLIPModel (save_pretrained dir: config.json + model.safetensors), 32-wide heads from config.json."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(3)
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            vocab_size=49408,
+            hidden_act="gelu",
+        ),
+        vision_config=dict(
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=96,
+            patch_size=16,
+            hidden_act="gelu",
+        ),
+        projection_dim=80,
+        logit_scale_init_value=float(np.log(50.0)),
+    )
+    ref = transformers.CLIPModel(config).eval()
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    assert (tmp_path / "model.safetensors").is_file()
+    model, params = load_pretrained(None, tmp_path)
+    assert (model.cfg.vision.heads, model.cfg.text.heads, model.cfg.quick_gelu) == (4, 4, False)
+    images, tokens = photos(96), tokenize(TEXTS)
+    ours = clip_jax_outputs(model, params, images, tokens)
+    with torch.no_grad():
+        out = ref(
+            input_ids=torch.from_numpy(tokens).long(),
+            pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+        )
+    assert_rel_close(ours["image"], out.image_embeds.numpy())
+    assert_rel_close(ours["text"], out.text_embeds.numpy())
+    assert_rel_close(ours["logits"], out.logits_per_image.numpy())
