@@ -1,0 +1,296 @@
+"""The training input: an endless, per-host, deterministic, resumable iterator of CLIP batches.
+
+Per epoch and host the pipeline is
+
+    records(epoch)                  files in a seeded order (TFDS: its file shuffle with a seeded ReadConfig)
+      -> shuffle(buffer, seed)      seed from (seed, epoch, host): every epoch is reshuffled
+      -> enumerate -> skip(position)   record index within the epoch; a resumed run skips what it consumed
+      -> parse, pick one caption    (stateless, seeded by (seed, epoch, index))
+      -> ignore_errors, drop empty captions
+      -> decode, random resized crop (stateless, seeded by (seed, epoch, index)), normalise
+      -> ignore_errors -> batch(local) -> tokenize -> prefetch
+
+so a batch is a pure function of (seed, epoch, host, data); nothing depends on thread timing.
+
+Iterator position. `TrainIterator.get_state()` is a JSON-serialisable dict {"epoch", "position", ...}
+where `position` counts the records of the epoch's shuffled stream consumed so far, read from the record
+index of the last example of the last batch handed out (prefetched batches do not count). `set_state`
+rebuilds the epoch's stream and skips `position` undecoded records, which is cheap, and exact even when
+corrupt records were dropped. The state is per process: in a multi-host run, save each process's own
+state (its shard, and so its position, differs).
+
+Corrupt records (undecodable image, unreadable file, missing or empty caption) are dropped and counted:
+`num_skipped` is the running total, a warning gives the count at the end of every epoch that had any and
+on `close()`. Batches never span epochs: each epoch's incomplete last batch is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from clip_jax.data import image_text
+from clip_jax.preprocess import tf_train_transform
+from clip_jax.tokenizer import tokenize
+
+STATE_VERSION = 1
+
+
+def _tokenize_batch(captions: np.ndarray, context_length: int) -> np.ndarray:
+    texts = [c.decode("utf-8", errors="replace") for c in captions.reshape(-1)]
+    return tokenize(texts, context_length).reshape(captions.shape + (context_length,))
+
+
+def tf_tokenize(captions: tf.Tensor, context_length: int) -> tf.Tensor:
+    """Tokenize a string tensor of any shape inside tf.data: int32 [*shape, context_length]."""
+    tokens = tf.numpy_function(
+        lambda c: _tokenize_batch(c, context_length), [captions], tf.int32, stateful=False
+    )
+    tokens.set_shape(captions.shape.concatenate([context_length]))
+    return tokens
+
+
+def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One caption: the string itself, or a seeded uniform choice from a list ("" if the list is empty)."""
+    if caption.shape.rank == 0:
+        return caption
+    count = tf.size(caption)
+    index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.maximum(count, 1), dtype=tf.int32)
+    return tf.cond(count > 0, lambda: tf.gather(tf.reshape(caption, [-1]), index), lambda: tf.constant(""))
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP/WebP-less bytes -> uint8 [H, W, 3]; fails (to be dropped) on corrupt data."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+class TrainIterator(Iterator[dict[str, np.ndarray]]):
+    """Endless iterator of {"image": float32 [B, S, S, 3], "text": int32 [B, L]} with a resumable position."""
+
+    def __init__(
+        self,
+        source: image_text.Source,
+        config: dict[str, Any],
+        *,
+        local_batch_size: int,
+        image_size: int,
+        context_length: int,
+        seed: int,
+        fingerprint: dict[str, Any],
+    ) -> None:
+        self._source = source
+        self._config = config
+        self.local_batch_size = local_batch_size
+        self.image_size = image_size
+        self.context_length = context_length
+        self.seed = seed
+        self._fingerprint = fingerprint
+        self._epoch = 0
+        self._position = 0
+        self._batches = 0
+        self._skipped = 0
+        self._epoch_skipped = 0
+        self._epoch_batches = 0
+        self._iterator: Iterator | None = None
+
+    # -- position -------------------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Where the next batch comes from, as a JSON-serialisable dict (per process)."""
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "position": self._position,
+            "batches": self._batches,
+            "skipped": self._skipped,
+            **self._fingerprint,
+        }
+
+    def set_state(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Continue from `state` (from `get_state`), exactly as the iterator that produced it would have.
+
+        With strict=True a state from a differently configured iterator (seed, batch size, host index or
+        count, source) raises ValueError, since its position would not mean the same batches here; with
+        strict=False the epoch and position are taken as they are.
+        """
+        if isinstance(state, str):
+            state = json.loads(state)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data iterator state version {state.get('version')} != {STATE_VERSION}")
+        if strict:
+            differ = {k: (state.get(k), v) for k, v in self._fingerprint.items() if state.get(k) != v}
+            if differ:
+                raise ValueError(f"data iterator state is from another configuration (saved, now): {differ}")
+        self.close(log=False)
+        self._epoch = int(state["epoch"])
+        self._position = int(state["position"])
+        self._batches = int(state.get("batches", 0))
+        self._skipped = int(state.get("skipped", 0))
+        self._epoch_skipped = 0
+        self._epoch_batches = 0
+
+    @property
+    def num_skipped(self) -> int:
+        """Records dropped so far (undecodable image, unreadable file, missing or empty caption)."""
+        return self._skipped
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    # -- pipeline -------------------------------------------------------------------------------------------
+
+    def _epoch_dataset(self, epoch: int, position: int) -> tf.data.Dataset:
+        config, source = self._config, self._source
+        parallel = config["num_parallel_calls"]
+        parallel = tf.data.AUTOTUNE if parallel is None or parallel < 0 else parallel
+        base_seed = tf.constant([self.seed, epoch], tf.int64)
+        image_size, scale = self.image_size, tuple(config["crop_scale"])
+
+        ds = source.records(epoch)
+        if config["shuffle_buffer"] and config["shuffle_buffer"] > 1:
+            shuffle_seed = image_text.epoch_seed(self.seed, epoch, source.process_index, salt=2)
+            ds = ds.shuffle(config["shuffle_buffer"], seed=shuffle_seed, reshuffle_each_iteration=False)
+        ds = ds.enumerate()
+        if position:
+            ds = ds.skip(position)
+
+        def parse(index, record):
+            seeds = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(base_seed, index), 2
+            )
+            example = source.parse(record)
+            caption = _pick_caption(tf.convert_to_tensor(example["caption"]), seeds[0])
+            return {"index": index, "image": example["image"], "caption": caption, "seed": seeds[1]}
+
+        def augment(example):
+            image = tf_train_transform(
+                decode_image(example["image"]), image_size, scale=scale, seed=example["seed"]
+            )
+            return {"index": example["index"], "image": image, "caption": example["caption"]}
+
+        ds = ds.map(parse, num_parallel_calls=parallel, deterministic=True).ignore_errors()
+        ds = ds.filter(lambda ex: tf.strings.length(tf.strings.strip(ex["caption"])) > 0)
+        ds = ds.map(augment, num_parallel_calls=parallel, deterministic=True).ignore_errors()
+        ds = ds.batch(self.local_batch_size, drop_remainder=True)
+        context_length = self.context_length
+        ds = ds.map(
+            lambda b: {
+                "index": b["index"],
+                "image": b["image"],
+                "text": tf_tokenize(b["caption"], context_length),
+            },
+            num_parallel_calls=parallel,
+            deterministic=True,
+        )
+        ds = ds.prefetch(config["prefetch"])
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options)
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while True:
+            if self._iterator is None:
+                self._iterator = self._epoch_dataset(self._epoch, self._position).as_numpy_iterator()
+                self._epoch_started_at = self._position
+            try:
+                batch = next(self._iterator)
+            except StopIteration:
+                self._end_epoch()
+                continue
+            end = int(batch["index"][-1]) + 1
+            dropped = (end - self._position) - self.local_batch_size
+            self._skipped += dropped
+            self._epoch_skipped += dropped
+            self._position = end
+            self._batches += 1
+            self._epoch_batches += 1
+            return {"image": batch["image"], "text": batch["text"]}
+
+    def _end_epoch(self) -> None:
+        if self._epoch_batches == 0 and self._epoch_started_at == 0:
+            raise ValueError(
+                f"epoch {self._epoch} of process {self._source.process_index} produced no full batch of "
+                f"{self.local_batch_size} examples: the data is too small for the batch size (or all corrupt)"
+            )
+        if self._epoch_skipped:
+            logging.warning(
+                "data: epoch %d skipped %d corrupt records (undecodable image or missing/empty caption); "
+                "%d in total",
+                self._epoch,
+                self._epoch_skipped,
+                self._skipped,
+            )
+        self._epoch += 1
+        self._position = 0
+        self._epoch_skipped = 0
+        self._epoch_batches = 0
+        self._iterator = None
+
+    def close(self, log: bool = True) -> None:
+        """Release the tf.data iterator; warn with the number of skipped records, if any."""
+        self._iterator = None
+        if log and self._skipped:
+            logging.warning("data: skipped %d corrupt records in total", self._skipped)
+
+    def __enter__(self) -> TrainIterator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def make_train_iterator(
+    config: Mapping[str, Any] | ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    context_length: int = 77,
+    seed: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> TrainIterator:
+    """The training iterator for a data config (fields: `image_text.DATA_CONFIG_DEFAULTS`).
+
+    Each process yields global_batch_size // process_count examples per batch from its own share of the
+    data. Unknown config fields or sources raise ValueError.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by {process_count} processes"
+        )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    resolved = image_text.data_config(config)
+    source = image_text.make_source(resolved, seed, process_index, process_count)
+    fingerprint = {
+        "seed": seed,
+        "global_batch_size": global_batch_size,
+        "process_index": process_index,
+        "process_count": process_count,
+        "source": resolved["source"],
+        "shuffle_buffer": resolved["shuffle_buffer"],
+    }
+    return TrainIterator(
+        source,
+        resolved,
+        local_batch_size=global_batch_size // process_count,
+        image_size=image_size,
+        context_length=context_length,
+        seed=seed,
+        fingerprint=fingerprint,
+    )
