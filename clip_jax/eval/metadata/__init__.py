@@ -1,0 +1,127 @@
+"""Class names, prompt templates and class-subset lists shipped as data, plus the evaluation dataset table.
+
+Where each file comes from is in SOURCES.md; `build.py` regenerates the derived ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+
+
+@functools.cache
+def _load(name: str) -> dict:
+    with open(HERE / f"{name}.json") as f:
+        return json.load(f)
+
+
+def imagenet_classnames() -> list[str]:
+    """OpenAI's 1000 curated ImageNet class names, in the standard (sorted WNID) label order."""
+    return list(_load("imagenet")["classnames"])
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet WNIDs in label order (TFDS imagenet2012 / torchvision order)."""
+    return list(_load("imagenet")["wnids"])
+
+
+def imagenet_templates(kind: str = "openai") -> list[str]:
+    """OpenAI's 80 ImageNet prompt templates ('openai') or their 7-template subset ('simple')."""
+    key = {"openai": "templates", "simple": "templates_simple"}.get(kind)
+    if key is None:
+        raise ValueError(f"unknown template set {kind!r}; choose 'openai' (80) or 'simple' (7)")
+    return list(_load("imagenet")[key])
+
+
+def subset_wnids(name: str) -> list[str]:
+    """The 200 WNIDs of 'imagenet_r' or 'imagenet_a'."""
+    if name not in ("imagenet_r", "imagenet_a"):
+        raise ValueError(f"no class subset for {name!r}; known: imagenet_r, imagenet_a")
+    return list(_load(name)["wnids"])
+
+
+def subset_indices(name: str) -> np.ndarray:
+    """ImageNet-1k label indices (sorted) of the 200 classes of 'imagenet_r' or 'imagenet_a'."""
+    index = {w: i for i, w in enumerate(imagenet_wnids())}
+    return np.array(sorted(index[w] for w in subset_wnids(name)), np.int64)
+
+
+def subset_mask(name: str) -> np.ndarray:
+    """bool [1000]: which outputs of the 1000-way head belong to the 200-class subset."""
+    mask = np.zeros(1000, bool)
+    mask[subset_indices(name)] = True
+    return mask
+
+
+def objectnet_classes() -> list[dict]:
+    """ObjectNet's 113 ImageNet-overlapping classes: [{folder, name, imagenet_indices}], sorted by folder."""
+    return [dict(c) for c in _load("objectnet")["classes"]]
+
+
+def classnames_and_templates(name: str, task: str | None = None) -> tuple[list[str], list[str]]:
+    """Class names and templates of a dataset in the registry (ImageNet variants use the 1000 classes).
+
+    `task` picks one of the synthetic dataset's label features ('shape', the default, or 'color').
+    """
+    spec = get_dataset(name)
+    if spec.classes == "imagenet":
+        return imagenet_classnames(), imagenet_templates()
+    if spec.classes == "clip_synthetic":
+        from clip_jax.data.synthetic import zeroshot_tasks
+
+        tasks = zeroshot_tasks()
+        classnames, templates = tasks[task or SYNTHETIC_DEFAULT_TASK]
+        return list(classnames), list(templates)
+    d = _load(spec.classes)
+    return list(d["classnames"]), list(d["templates"])
+
+
+SYNTHETIC_DEFAULT_TASK = "shape"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """An evaluation dataset: its CLIP_benchmark name, where it comes from, and how it is scored."""
+
+    name: str  # CLIP_benchmark's name, used in result records
+    tfds_name: str | None  # None: read from a local folder (ObjectNet)
+    split: str
+    classes: str  # key of the class-name/template set
+    # How the 1000-way ImageNet head is scored: None (as is), 'imagenet_r'/'imagenet_a' (200-class subset),
+    # or 'objectnet' (113 classes, each a set of ImageNet classes).
+    head: str | None = None
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec("imagenet1k", "imagenet2012", "validation", "imagenet"),
+        DatasetSpec("imagenetv2", "imagenet_v2", "test", "imagenet"),
+        DatasetSpec("imagenet-r", "imagenet_r", "test", "imagenet", head="imagenet_r"),
+        DatasetSpec("imagenet-a", "imagenet_a", "test", "imagenet", head="imagenet_a"),
+        DatasetSpec("imagenet_sketch", "imagenet_sketch", "test", "imagenet"),
+        DatasetSpec("objectnet", None, "test", "imagenet", head="objectnet"),
+        DatasetSpec("cifar10", "cifar10", "test", "cifar10"),
+        DatasetSpec("cifar100", "cifar100", "test", "cifar100"),
+        DatasetSpec("clip_synthetic", "clip_synthetic", "test", "clip_synthetic"),
+    )
+}
+
+# The ImageNet distribution-shift suite of the CLIP paper (Fig. 13) in reporting order.
+IMAGENET_SHIFTS = ("imagenetv2", "imagenet-r", "imagenet_sketch", "objectnet", "imagenet-a")
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """Look a dataset up by its CLIP_benchmark name or its TFDS name."""
+    if name in DATASETS:
+        return DATASETS[name]
+    for spec in DATASETS.values():
+        if spec.tfds_name == name:
+            return spec
+    raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")

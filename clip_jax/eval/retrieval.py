@@ -1,0 +1,131 @@
+"""Zero-shot image-text retrieval: recall@1/5/10 in both directions, several captions per image.
+
+Batches are dicts with "image" [b, S, S, 3], "mask" [b] and the captions of each image, either as strings
+("captions", "caption" or "texts": [b, K] with empty strings for missing ones, or a list of lists) or as
+tokens ("tokens": int [b, K, L], all-zero rows for missing ones).
+
+    python -m clip_jax.eval.retrieval --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
+        --dataset coco_captions --split test --data-dir ~/tensorflow_datasets --output coco.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from clip_jax.eval import features as F
+from clip_jax.eval.metrics import retrieval_metrics
+from clip_jax.models.clip import CLIP
+
+CAPTION_KEYS = ("captions", "caption", "texts")
+
+
+def _as_text(x: Any) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def batch_tokens(
+    batch: F.Batch, tokenize: Callable[[list[str]], np.ndarray], max_captions: int, context_length: int
+) -> np.ndarray:
+    """Captions of a batch as int32 [b, max_captions, L]; missing captions are all-zero rows."""
+    if "tokens" in batch:
+        tok = np.asarray(batch["tokens"], np.int32)
+        if tok.ndim == 2:
+            tok = tok[:, None]
+        out = np.zeros((tok.shape[0], max_captions, tok.shape[2]), np.int32)
+        out[:, : min(max_captions, tok.shape[1])] = tok[:, :max_captions]
+        return out
+    key = next((k for k in CAPTION_KEYS if k in batch), None)
+    if key is None:
+        raise KeyError(f"retrieval batches need 'tokens' or one of {CAPTION_KEYS}; got {sorted(batch)}")
+    rows = batch[key]
+    out = np.zeros((len(rows), max_captions, context_length), np.int32)
+    for i, caps in enumerate(rows):
+        caps = [caps] if isinstance(caps, (str, bytes)) else list(np.asarray(caps).reshape(-1))
+        texts = [t for t in (_as_text(c) for c in caps) if t.strip()][:max_captions]
+        if texts:
+            out[i, : len(texts)] = tokenize(texts)
+    return out
+
+
+def retrieval_eval(
+    model: CLIP,
+    params: Any,
+    dataset: Iterable[F.Batch],
+    *,
+    tokenizer: Callable[[list[str]], np.ndarray] | None = None,
+    max_captions: int = 8,
+    text_batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
+    max_batches: int | None = None,
+    progress: str | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, float]:
+    """Image->text and text->image recall@k of a model on a dataset of images with several captions."""
+    mesh = F.default_mesh() if mesh is None else mesh
+    context_length = model.cfg.text.context_length
+    if tokenizer is None:
+        from clip_jax.tokenizer import tokenize
+
+        tokenizer = lambda texts: tokenize(texts, context_length=context_length)  # noqa: E731
+    img_enc = F.image_encoder(model, params, mesh=mesh)
+    image_feats, tokens = [], []
+    for batch in F.iterate_batches(dataset, max_batches, progress):
+        keep = F.gather_processes(F._batch_mask(batch))
+        f = F.gather_processes(img_enc(np.asarray(batch["image"], np.float32)))
+        t = F.gather_processes(batch_tokens(batch, tokenizer, max_captions, context_length))
+        image_feats.append(f[keep])
+        tokens.append(t[keep])
+    if not image_feats:
+        raise ValueError("the dataset yielded no batches")
+    image_feats = np.concatenate(image_feats)
+    tokens = np.concatenate(tokens)  # [N, K, L]
+    present = tokens.any(axis=-1)  # [N, K]
+    if not present.any(axis=1).all():
+        raise ValueError(f"{int((~present.any(axis=1)).sum())} images have no caption")
+    text_to_image = np.nonzero(present)[0]
+    flat = tokens[present]
+    text_feats = F.encode_in_batches(F.text_encoder(model, params, mesh=mesh), flat, text_batch_size)
+    metrics = retrieval_metrics(image_feats, text_feats, text_to_image, ks)
+    metrics.update(num_images=int(image_feats.shape[0]), num_captions=int(flat.shape[0]))
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from clip_jax.eval import cli
+
+    parser = argparse.ArgumentParser(description="Zero-shot image-text retrieval recall@k.")
+    cli.add_common_args(parser)
+    parser.add_argument(
+        "--dataset", default="coco_captions", help="TFDS name or a source the data module reads"
+    )
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--name", default=None, help="dataset name in the record (default: --dataset)")
+    parser.add_argument("--max-captions", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    model, params, ident = cli.load_model(args)
+    from clip_jax.data import make_retrieval_dataset
+
+    ds = make_retrieval_dataset(
+        args.dataset,
+        args.split,
+        batch_size=args.batch_size,
+        image_size=model.cfg.vision.image_size,
+        data_dir=args.data_dir,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    metrics = retrieval_eval(
+        model, params, ds, max_captions=args.max_captions, max_batches=args.max_batches, progress=args.dataset
+    )
+    name = args.name or ("mscoco_captions" if args.dataset.startswith("coco_captions") else args.dataset)
+    return cli.write_result(args, ident, name, "zeroshot_retrieval", metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Zero-shot classification: a classifier built from class names and prompt templates, then top-k accuracy.
+
+The classifier follows CLIP: for each class, every template is filled in, embedded and L2-normalised; the
+embeddings are averaged and the mean renormalised. Its weights depend only on the text tower, the class names
+and the templates, so they are cached on disk under a hash of the three.
+
+Library use (e.g. from the trainer, on in-memory params):
+    metrics = zeroshot_eval(model, params, dataset, classnames, templates)
+
+Command line:
+    python -m clip_jax.eval.zeroshot --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
+        --dataset imagenet1k --data-dir ~/tensorflow_datasets --output results/zs_in1k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clip_jax.eval import features as F
+from clip_jax.eval import metadata
+from clip_jax.eval.metrics import ClassificationMeter, collapse_logits, pad_groups
+from clip_jax.models.clip import CLIP, l2_normalize
+
+Tokenizer = Callable[[Sequence[str]], np.ndarray]
+
+
+def _default_tokenizer(context_length: int) -> Tokenizer:
+    from clip_jax.tokenizer import tokenize
+
+    return lambda texts: tokenize(list(texts), context_length=context_length)
+
+
+def classifier_cache_key(checkpoint_id: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """Hash of (checkpoint, class names, templates): the inputs that determine the classifier."""
+    blob = json.dumps([checkpoint_id, list(classnames), list(templates)], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def build_zeroshot_classifier(
+    model: CLIP,
+    params: Any,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    tokenizer: Tokenizer | None = None,
+    batch_size: int = 256,
+    mesh: jax.sharding.Mesh | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_id: str | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Zero-shot classifier weights float32 [D, C] (columns are unit class embeddings, as open_clip's).
+
+    With `cache_dir`, the weights are stored as `<cache_dir>/zeroshot_<hash>.npy`; `checkpoint_id` names the
+    weights (e.g. a file path and its modification time); without it the text tower's contents are hashed.
+    """
+    if not classnames or not templates:
+        raise ValueError("need at least one class name and one template")
+    cache_path = None
+    if cache_dir is not None:
+        ckpt = checkpoint_id if checkpoint_id is not None else F.params_fingerprint(params, "text")
+        cache_path = os.path.join(
+            cache_dir, f"zeroshot_{classifier_cache_key(ckpt, classnames, templates)}.npy"
+        )
+        if os.path.exists(cache_path):
+            return np.load(cache_path)
+    tokenizer = tokenizer or _default_tokenizer(model.cfg.text.context_length)
+    texts = [t.format(c) for c in classnames for t in templates]
+    tokens = np.asarray(tokenizer(texts), np.int32)
+    encoder = F.text_encoder(model, params, normalize=True, mesh=mesh)
+    chunks = range(0, len(texts), batch_size)
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="zero-shot classifier", unit="batch", leave=False)
+    emb = []
+    for s in chunks:
+        chunk = tokens[s : s + batch_size]
+        n = chunk.shape[0]
+        emb.append(encoder(F._pad_rows(chunk, batch_size))[:n])
+    emb = np.concatenate(emb).reshape(len(classnames), len(templates), -1)
+    weights = np.asarray(l2_normalize(jnp.asarray(emb.mean(axis=1)))).T
+    if cache_path is not None and jax.process_index() == 0:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = cache_path + ".tmp.npy"
+        np.save(tmp, weights)
+        os.replace(tmp, cache_path)
+    return weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """How the classifier's outputs map onto a dataset's labels.
+
+    groups: int [T, G] or None. Target class j scores max over classifier columns groups[j] (collapse_logits).
+    label_map: int [num_dataset_labels] or None. Dataset label -> target class, -1 for labels outside the head.
+    """
+
+    groups: np.ndarray | None = None
+    label_map: np.ndarray | None = None
+
+    @property
+    def num_targets(self) -> int | None:
+        return None if self.groups is None else int(self.groups.shape[0])
+
+
+def head_for(name: str | None, num_classes: int = 1000) -> Head:
+    """The head of a DatasetSpec.head value: None, 'imagenet_r', 'imagenet_a' or 'objectnet'."""
+    if name is None:
+        return Head()
+    if name in ("imagenet_r", "imagenet_a"):
+        idx = metadata.subset_indices(name)
+        label_map = np.full(num_classes, -1, np.int64)
+        label_map[idx] = np.arange(idx.size)
+        return Head(groups=idx[:, None], label_map=label_map)
+    if name == "objectnet":
+        # ObjectNet batches carry labels in ObjectNet's own 113-class order (see robustness.objectnet_dataset).
+        return Head(groups=pad_groups([c["imagenet_indices"] for c in metadata.objectnet_classes()]))
+    raise ValueError(f"unknown head {name!r}")
+
+
+def logits_encoder(model: CLIP, params: Any, mesh: jax.sharding.Mesh | None = None) -> F.Encoder:
+    """(images [b,S,S,3], classifier [D,C]) -> logits [b, C] = 100 * normalised image features @ classifier."""
+
+    def fn(p, images, classifier):
+        f = l2_normalize(model.apply({"params": p}, images, method=CLIP.encode_image))
+        return 100.0 * f @ classifier
+
+    return F.Encoder(fn, params, mesh)
+
+
+def evaluate_logits(
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    dataset: Iterable[F.Batch],
+    head: Head = Head(),
+    *,
+    max_batches: int | None = None,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """Stream a dataset through `logits_fn(images) -> logits` and score top-1/top-5/mean per-class recall."""
+    meter: ClassificationMeter | None = None
+    dropped = 0
+    for batch in F.iterate_batches(dataset, max_batches, progress):
+        images = np.asarray(batch["image"], np.float32)
+        mask = F.gather_processes(F._batch_mask(batch))
+        labels = F.gather_processes(np.asarray(batch["label"], np.int64))
+        logits = F.gather_processes(np.asarray(logits_fn(images)))
+        if head.groups is not None:
+            logits = collapse_logits(logits, head.groups)
+        if head.label_map is not None:
+            labels = head.label_map[labels]
+            outside = mask & (labels < 0)
+            dropped += int(outside.sum())
+            mask = mask & ~outside
+        if meter is None:
+            meter = ClassificationMeter(logits.shape[-1])
+        meter.update(logits, labels, mask)
+    if meter is None:
+        raise ValueError("the dataset yielded no batches")
+    out = meter.result()
+    if dropped:
+        # Only happens when labels fall outside a class subset (e.g. mock data); real data has none.
+        out["num_outside_head"] = dropped
+    return out
+
+
+def zeroshot_eval(
+    model: CLIP,
+    params: Any,
+    dataset: Iterable[F.Batch],
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    *,
+    classifier: np.ndarray | None = None,
+    head: Head = Head(),
+    tokenizer: Tokenizer | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    max_batches: int | None = None,
+    progress: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint_id: str | None = None,
+) -> dict[str, float]:
+    """Zero-shot top-1, top-5 and mean per-class recall of a model on a dataset of image batches.
+
+    Pass either `classnames` and `templates` (the classifier is built, and cached with `cache_dir`) or a
+    prebuilt `classifier` [D, C]. `head` restricts or regroups the classifier's classes (ImageNet-R/-A,
+    ObjectNet). Padding rows (mask 0) are not counted.
+    """
+    if mesh is None:
+        mesh = F.default_mesh()
+    if classifier is None:
+        if classnames is None or templates is None:
+            raise ValueError("pass classnames and templates, or a classifier")
+        classifier = build_zeroshot_classifier(
+            model,
+            params,
+            classnames,
+            templates,
+            tokenizer=tokenizer,
+            mesh=mesh,
+            cache_dir=cache_dir,
+            checkpoint_id=checkpoint_id,
+        )
+    enc = logits_encoder(model, params, mesh)
+    clf = jnp.asarray(classifier, jnp.float32)
+    return evaluate_logits(lambda x: enc(x, clf), dataset, head, max_batches=max_batches, progress=progress)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    from clip_jax.eval import cli
+
+    parser = argparse.ArgumentParser(description="Zero-shot classification of a CLIP checkpoint.")
+    cli.add_common_args(parser)
+    parser.add_argument("--dataset", required=True, help="CLIP_benchmark or TFDS name, e.g. imagenet1k")
+    parser.add_argument("--split", default=None, help="dataset split (default: the dataset's test split)")
+    parser.add_argument(
+        "--templates", default="openai", help="ImageNet template set: openai (80) or simple (7)"
+    )
+    parser.add_argument("--classifier-cache", default=None, help="folder caching classifier weights")
+    args = parser.parse_args(argv)
+
+    model, params, ident = cli.load_model(args)
+    spec = metadata.get_dataset(args.dataset)
+    classnames, templates = metadata.classnames_and_templates(spec.name)
+    if spec.classes == "imagenet":
+        templates = metadata.imagenet_templates(args.templates)
+    dataset = cli.make_dataset(spec, args, model)
+    metrics = zeroshot_eval(
+        model,
+        params,
+        dataset,
+        classnames,
+        templates,
+        head=head_for(spec.head),
+        max_batches=args.max_batches,
+        progress=spec.name,
+        cache_dir=args.classifier_cache,
+        checkpoint_id=ident.checkpoint_id,
+    )
+    return cli.write_result(args, ident, spec.name, "zeroshot_classification", metrics)
+
+
+if __name__ == "__main__":
+    main()
