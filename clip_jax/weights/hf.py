@@ -86,9 +86,11 @@ def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.
     for (prefix, leaf), parts in qkv.items():
         new = f"{prefix}attn.in_proj_{leaf}"
         if set(parts) != {"q", "k", "v"}:
-            missing = sorted({"q", "k", "v"} - set(parts))
+            some_key, some_value = next(iter(parts.values()))
+            base = some_key.rsplit(".", 2)[0]
+            missing = [f"{base}.{p}_proj.{leaf}" for p in "qkv" if p not in parts]
             raise ValueError(
-                f"missing key(s) {[f'{p}_proj.{leaf}' for p in missing]} next to {parts[min(parts)][0]}"
+                f"missing key {missing[0]}: expected shape {tuple(some_value.shape)} (as {some_key}), found nothing"
             )
         shapes = {parts[p][0]: tuple(parts[p][1].shape) for p in "qkv"}
         if len(set(shapes.values())) != 1:

@@ -17,6 +17,9 @@ import numpy as np
 # Keys that are buffers or hyperparameters in some checkpoints, never weights.
 IGNORED_KEYS = ("attn_mask", "visual.attn_mask")
 
+# Problems listed in one error message; the count of the rest follows.
+_MAX_SHOWN = 20
+
 # Scalars that open_clip stores either as shape [] or [1] (nonscalar_logit_scale).
 _SCALARS = ("logit_scale", "logit_bias")
 
@@ -119,21 +122,33 @@ def check_state_dict(
     """
     expected = expected_shapes(param_shapes)
     found = {k: tuple(v.shape) for k, v in state_dict.items() if k not in IGNORED_KEYS}
+    # Embeddings, norms and projections first: they tell a wrong model apart before any block key does.
+    order = lambda keys: sorted(keys, key=lambda k: (".resblocks." in k, k))
     name = lambda k: f"{k} (file key {origin[k]})" if origin and k in origin else k
-    problems = []
-    for k in sorted(set(expected) - set(found)):
-        problems.append(f"missing key {name(k)}: expected shape {expected[k]}, found nothing")
-    for k in sorted(set(found) - set(expected)):
-        problems.append(f"unexpected key {name(k)}: expected nothing, found shape {found[k]}")
-    for k in sorted(set(expected) & set(found)):
-        e, f = expected[k], found[k]
-        if e != f and not (k in _SCALARS and math.prod(e) == math.prod(f) == 1):
-            problems.append(f"mis-shaped key {name(k)}: expected shape {e}, found shape {f}")
+    misshaped = [
+        f"mis-shaped key {name(k)}: expected shape {expected[k]}, found shape {found[k]}"
+        for k in order(set(expected) & set(found))
+        if expected[k] != found[k]
+        and not (k in _SCALARS and math.prod(expected[k]) == math.prod(found[k]) == 1)
+    ]
+    missing = [
+        f"missing key {name(k)}: expected shape {expected[k]}, found nothing"
+        for k in order(set(expected) - set(found))
+    ]
+    extra = [
+        f"unexpected key {name(k)}: expected nothing, found shape {found[k]}"
+        for k in order(set(found) - set(expected))
+    ]
+    # Mis-shaped keys first: they are what a wrong model name or config shows most clearly.
+    problems = misshaped + missing + extra
     if problems:
-        shown = "\n  ".join(problems[:20]) + (
-            f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        shown = "\n  ".join(problems[:_MAX_SHOWN])
+        if len(problems) > _MAX_SHOWN:
+            shown += f"\n  ... and {len(problems) - _MAX_SHOWN} more"
+        raise ValueError(
+            f"checkpoint does not match {what} ({len(misshaped)} mis-shaped, {len(missing)} missing, "
+            f"{len(extra)} unexpected keys):\n  {shown}"
         )
-        raise ValueError(f"checkpoint does not match {what}:\n  {shown}")
 
 
 def state_dict_to_params(

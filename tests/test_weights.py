@@ -1,0 +1,274 @@
+"""Weight import/export: format detection, config checks and their error messages, exact round trips.
+
+Most tests build a checkpoint from a random 'tiny' clip_jax model with numpy only; those comparing with
+open_clip itself skip when torch/open_clip are not installed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from clip_jax import (
+    export_open_clip,
+    get_model_config,
+    init_params,
+    load_params,
+    load_pretrained,
+    save_params,
+    stack_layers,
+)
+from clip_jax.convert import main as convert_main
+from clip_jax.weights.hf import config_from_hf
+from clip_jax.weights.load import param_shapes
+from clip_jax.weights.open_clip import params_to_state_dict
+
+TINY = get_model_config("tiny")
+
+
+def tree_equal(a, b) -> bool:
+    """Same structure, shapes, dtypes and bits."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    same = jax.tree.map(
+        lambda x, y: x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y)), a, b
+    )
+    return all(jax.tree.leaves(same))
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    # Random values of the right shapes: compiling the model's init takes far longer than these tests.
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(TINY)
+    )
+    params["logit_scale"] = np.asarray(np.log(1 / 0.07), np.float32)
+    return params
+
+
+@pytest.fixture
+def tiny_sd(tiny_params):
+    """An open_clip-layout state dict of the tiny model (numpy, no torch)."""
+    return params_to_state_dict(tiny_params)
+
+
+def write(sd, path):
+    save_file(sd, str(path))
+    return path
+
+
+def error_of(path, name="tiny", **kw) -> str:
+    with pytest.raises(ValueError) as e:
+        load_pretrained(name, path, **kw)
+    return str(e.value)
+
+
+def test_import_exact(tiny_params, tiny_sd, tmp_path):
+    model, params = load_pretrained("tiny", write(tiny_sd, tmp_path / "m.safetensors"))
+    assert model.cfg == TINY
+    assert tree_equal(jax.tree.map(np.asarray, params), tiny_params)
+
+
+def test_unknown_model_name(tiny_sd, tmp_path):
+    assert "unknown model 'ViT-Z-99'" in error_of(write(tiny_sd, tmp_path / "m.safetensors"), "ViT-Z-99")
+
+
+def test_wrong_model_name(tiny_sd, tmp_path):
+    msg = error_of(write(tiny_sd, tmp_path / "m.safetensors"), "ViT-B-32")
+    assert "model 'ViT-B-32'" in msg
+    assert (
+        "mis-shaped key visual.conv1.weight: expected shape (768, 3, 32, 32), found shape (64, 3, 8, 8)"
+        in msg
+    )
+    # Counted in the header: 2 of ViT-B-32's 12 layers per tower are present (mis-shaped), 10 missing.
+    assert "(61 mis-shaped, 240 missing, 0 unexpected keys)" in msg
+
+
+def test_missing_key(tiny_sd, tmp_path):
+    del tiny_sd["visual.ln_post.bias"]
+    msg = error_of(write(tiny_sd, tmp_path / "m.safetensors"))
+    assert "missing key visual.ln_post.bias: expected shape (64,), found nothing" in msg
+
+
+def test_extra_key(tiny_sd, tmp_path):
+    tiny_sd["visual.extra_token"] = np.zeros((3, 64), np.float32)
+    msg = error_of(write(tiny_sd, tmp_path / "m.safetensors"))
+    assert "unexpected key visual.extra_token: expected nothing, found shape (3, 64)" in msg
+
+
+def test_misshaped_key(tiny_sd, tmp_path):
+    tiny_sd["transformer.resblocks.1.mlp.c_fc.weight"] = np.zeros((128, 64), np.float32)
+    msg = error_of(write(tiny_sd, tmp_path / "m.safetensors"))
+    assert (
+        "mis-shaped key transformer.resblocks.1.mlp.c_fc.weight: expected shape (256, 64), found shape (128, 64)"
+        in msg
+    )
+
+
+def test_activation_must_be_given_for_open_clip_files(tiny_sd, tmp_path):
+    path = write(tiny_sd, tmp_path / "m.safetensors")
+    assert "quick_gelu" in error_of(path, None)
+    model, _ = load_pretrained(None, path, quick_gelu=True)
+    assert model.cfg.quick_gelu
+    # Sizes are inferred; heads assume OpenAI's 64-wide heads (tiny's are 32 wide, so that differs).
+    v = model.cfg.vision
+    assert (v.image_size, v.patch_size, v.width, v.layers, v.mlp_width, model.cfg.embed_dim) == (
+        32,
+        8,
+        64,
+        2,
+        256,
+        64,
+    )
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        load_pretrained("tiny", tmp_path / "nowhere.safetensors")
+    with pytest.raises(FileNotFoundError, match="no_ckpt"):
+        load_params(tmp_path / "no_ckpt")
+
+
+def test_torch_files_without_torch(tmp_path, monkeypatch):
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(b"not really a pickle")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(ImportError, match="needs PyTorch"):
+        load_pretrained("tiny", path)
+
+
+def test_layouts_open_clip_saves(tiny_params, tiny_sd, tmp_path):
+    """bf16 files, [1]-shaped logit_scale (nonscalar_logit_scale) and CustomTextCLIP's `text.` prefix."""
+    sd = {("text." + k if not k.startswith(("visual.", "logit_")) else k): v for k, v in tiny_sd.items()}
+    sd["logit_scale"] = sd["logit_scale"].reshape(1)
+    _, params = load_pretrained("tiny", write(sd, tmp_path / "custom_text.safetensors"))
+    assert tree_equal(jax.tree.map(np.asarray, params), tiny_params)
+    bf16 = {k: v.astype(jnp.bfloat16) for k, v in tiny_sd.items()}
+    _, params = load_pretrained("tiny", write(bf16, tmp_path / "bf16.safetensors"))
+    expected = jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(np.float32), tiny_params)
+    assert tree_equal(jax.tree.map(np.asarray, params), expected)
+
+
+def test_export_round_trip_is_bitwise(tiny_sd, tmp_path):
+    src = write(tiny_sd, tmp_path / "src.safetensors")
+    _, params = load_pretrained("tiny", src)
+    out = export_open_clip(params, TINY, tmp_path / "out.safetensors")
+    exported = load_file(str(out))
+    assert sorted(exported) == sorted(tiny_sd)
+    for k, v in tiny_sd.items():
+        assert exported[k].dtype == v.dtype and np.array_equal(exported[k], v), k
+    _, again = load_pretrained("tiny", out)
+    assert tree_equal(again, params)
+
+
+def test_orbax_params_round_trip_and_scan(tiny_params, tmp_path):
+    directory = save_params(tmp_path / "ckpt", tiny_params, TINY)
+    cfg, params = load_params(directory)
+    assert cfg == TINY and tree_equal(jax.tree.map(np.asarray, params), tiny_params)
+    with pytest.raises(FileExistsError, match="ckpt"):
+        save_params(directory, tiny_params, TINY)
+    # A scanned model gets the layers stacked, in the layout its own init has.
+    _, params = load_pretrained(None, directory)
+    scan_model, scan_params = load_pretrained("tiny", directory, scan=True)
+    assert scan_model.scan and tree_equal(scan_params, stack_layers(params))
+    expected = jax.eval_shape(lambda: init_params(scan_model, jax.random.key(0)))
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), scan_params) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), expected
+    )
+    # A named config that disagrees with the saved one is refused, even where shapes cannot tell.
+    assert "quick_gelu" in error_of(directory, "tiny-quickgelu")
+    assert "visual.conv1.weight" in error_of(directory, "ViT-B-32")
+
+
+def test_convert_cli(tiny_params, tiny_sd, tmp_path, capsys):
+    src = write(tiny_sd, tmp_path / "src.safetensors")
+    out = convert_main(["--input", str(src), "--model", "tiny", "--output", str(tmp_path / "orbax")])
+    line = capsys.readouterr().out.strip()
+    count = sum(a.size for a in jax.tree.leaves(tiny_params))
+    assert line.endswith(f"model tiny, {count:,} params -> {out} (orbax)")
+    cfg, params = load_params(out)
+    assert cfg == TINY and tree_equal(jax.tree.map(np.asarray, params), tiny_params)
+    st = convert_main(["--input", str(out), "--output", str(tmp_path / "back.safetensors")])
+    assert "(safetensors)" in capsys.readouterr().out
+    back = load_file(str(st))
+    assert sorted(back) == sorted(tiny_sd) and all(np.array_equal(back[k], v) for k, v in tiny_sd.items())
+    with pytest.raises(ValueError, match="quick_gelu"):
+        convert_main(["--input", str(src), "--output", str(tmp_path / "x")])
+
+
+def test_hf_config_json():
+    cfg = config_from_hf(
+        {
+            "projection_dim": 768,
+            "vision_config": {
+                "hidden_size": 1024,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "intermediate_size": 4096,
+                "patch_size": 14,
+            },
+            "text_config": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072},
+        }
+    )
+    assert cfg == get_model_config("ViT-L-14-quickgelu")  # HF's default hidden_act is quick_gelu
+
+
+def test_hf_file_errors_name_file_keys(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
+    config = transformers.CLIPConfig(
+        text_config=small, vision_config=dict(small, image_size=32, patch_size=8), projection_dim=32
+    )
+    transformers.CLIPModel(config).save_pretrained(tmp_path)
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    sd["vision_model.post_layernorm.weight"] = np.zeros(65, np.float32)
+    write(sd, tmp_path / "model.safetensors")
+    msg = error_of(tmp_path, None)
+    assert "visual.ln_post.weight (file key vision_model.post_layernorm.weight): expected shape (64,)" in msg
+    del sd["vision_model.encoder.layers.0.self_attn.k_proj.weight"]
+    write(sd, tmp_path / "model.safetensors")
+    assert "vision_model.encoder.layers.0.self_attn.k_proj.weight" in error_of(tmp_path, None)
+
+
+def test_open_clip_accepts_export(tmp_path):
+    """open_clip loads the exported file strictly and computes the features clip_jax computes."""
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    skimage_data = pytest.importorskip("skimage.data")
+    from clip_jax.preprocess import preprocess_image
+    from clip_jax.tokenizer import tokenize
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return open_clip.CLIP(
+            64,
+            vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+        ).eval()
+
+    ref = make(0)
+    torch.save(ref.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    model, params = load_pretrained("tiny", tmp_path / "open_clip_pytorch_model.bin")
+    out = export_open_clip(params, model.cfg, tmp_path / "export" / "model.safetensors")
+    fresh = make(1)
+    open_clip.load_checkpoint(fresh, str(out), strict=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    images = np.stack(
+        [preprocess_image(skimage_data.astronaut(), 32), preprocess_image(skimage_data.coffee(), 32)]
+    )
+    tokens = tokenize(["an astronaut", "a cup of coffee", "a cat"])
+    img, txt, _ = jax.jit(model.apply)({"params": params}, jnp.asarray(images), jnp.asarray(tokens))
+    with torch.no_grad():
+        ref_img = fresh.encode_image(torch.from_numpy(images).permute(0, 3, 1, 2), normalize=True).numpy()
+        ref_txt = fresh.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
+    np.testing.assert_allclose(np.asarray(img), ref_img, atol=1e-5 * np.abs(ref_img).max())
+    np.testing.assert_allclose(np.asarray(txt), ref_txt, atol=1e-5 * np.abs(ref_txt).max())
