@@ -10,6 +10,7 @@ Prints the probability of each label: softmax over labels of exp(logit_scale) * 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Sequence
 
@@ -26,8 +27,13 @@ from clip_jax.weights import load_pretrained
 def label_probs(model: CLIP, params: dict, images: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     """float32 [N, len(labels)]: per image, the softmax over labels of the scaled cosine similarities."""
     tokens = tokenize(list(labels), context_length=model.cfg.text.context_length)
-    img, txt, scale = model.apply({"params": params}, jnp.asarray(images), jnp.asarray(tokens))[:3]
-    return np.asarray(jax.nn.softmax(scale * img @ txt.T, axis=-1))
+    return np.asarray(_label_probs(model, params, jnp.asarray(images), jnp.asarray(tokens)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _label_probs(model: CLIP, params: dict, images: jax.Array, tokens: jax.Array) -> jax.Array:
+    img, txt, scale = model.apply({"params": params}, images, tokens)[:3]
+    return jax.nn.softmax(scale * img @ txt.T, axis=-1)
 
 
 def predict(model: CLIP, params: dict, image: str | os.PathLike, labels: Sequence[str]) -> np.ndarray:
