@@ -148,8 +148,11 @@ class TfdsSource(Source):
             decoders=_nested(self.image_key, tfds.decode.SkipDecoding()),
         )
         image_key, caption_key = self.image_key, self.caption_key
+        select = tf.autograph.experimental.do_not_convert(
+            lambda ex: {"image": get_path(ex, image_key), "caption": get_path(ex, caption_key)}
+        )
         return ds.map(
-            lambda ex: {"image": get_path(ex, image_key), "caption": get_path(ex, caption_key)},
+            select,
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -201,7 +204,9 @@ class TfrecordSource(Source):
         self.caption_key = config["caption_key"] or "txt"
 
     def records(self, epoch: int) -> tf.data.Dataset:
-        order = np.random.default_rng(epoch_seed(self.seed, epoch, self.process_index, salt=1))
+        # The same file order on every host: when records are dealt out (`shard`), the hosts must agree on
+        # the stream they deal from. Hosts with files of their own shuffle them no worse for it.
+        order = np.random.default_rng(epoch_seed(self.seed, epoch, 0, salt=1))
         files = [self.files[i] for i in order.permutation(len(self.files))]
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
             # A damaged shard loses its unreadable tail, not the run.

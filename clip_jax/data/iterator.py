@@ -43,6 +43,12 @@ from clip_jax.tokenizer import tokenize
 STATE_VERSION = 1
 
 
+def no_autograph(fn):
+    """`fn` for tf.data without autograph: it has no Python control flow on tensors, and converting it
+    would cost seconds of tracing for every epoch's pipeline."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _tokenize_batch(captions: np.ndarray, context_length: int) -> np.ndarray:
     texts = [c.decode("utf-8", errors="replace") for c in captions.reshape(-1)]
     return tokenize(texts, context_length).reshape(captions.shape + (context_length,))
@@ -149,7 +155,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     # -- pipeline -------------------------------------------------------------------------------------------
 
-    def _epoch_dataset(self, epoch: int, position: int) -> tf.data.Dataset:
+    def _epoch_dataset(self, epoch: int, position: int) -> tuple[tf.data.Dataset, tf.Variable]:
+        """The epoch's batches from `position` on, and a counter of the records pulled from the stream."""
         config, source = self._config, self._source
         parallel = config["num_parallel_calls"]
         parallel = tf.data.AUTOTUNE if parallel is None or parallel < 0 else parallel
@@ -163,6 +170,13 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         ds = ds.enumerate()
         if position:
             ds = ds.skip(position)
+        # Counts every record read after the skip, corrupt or not: at the end of the epoch it tells how many
+        # records were dropped after the last full batch, so each epoch's skip count is exact.
+        pulled = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+
+        def count(index, record):
+            with tf.control_dependencies([pulled.assign_add(1)]):
+                return tf.identity(index), record
 
         def parse(index, record):
             seeds = tf.random.experimental.stateless_split(
@@ -178,24 +192,25 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             )
             return {"index": example["index"], "image": image, "caption": example["caption"]}
 
-        ds = ds.map(parse, num_parallel_calls=parallel, deterministic=True).ignore_errors()
-        ds = ds.filter(lambda ex: tf.strings.length(tf.strings.strip(ex["caption"])) > 0)
-        ds = ds.map(augment, num_parallel_calls=parallel, deterministic=True).ignore_errors()
-        ds = ds.batch(self.local_batch_size, drop_remainder=True)
+        def tokenize_batch(batch):
+            text = tf_tokenize(batch["caption"], context_length)
+            return {"index": batch["index"], "image": batch["image"], "text": text}
+
+        def has_caption(example):
+            return tf.strings.length(tf.strings.strip(example["caption"])) > 0
+
         context_length = self.context_length
-        ds = ds.map(
-            lambda b: {
-                "index": b["index"],
-                "image": b["image"],
-                "text": tf_tokenize(b["caption"], context_length),
-            },
-            num_parallel_calls=parallel,
-            deterministic=True,
-        )
+        ds = ds.map(no_autograph(count))
+        ds = ds.map(no_autograph(parse), num_parallel_calls=parallel, deterministic=True).ignore_errors()
+        ds = ds.filter(no_autograph(has_caption))
+        ds = ds.map(no_autograph(augment), num_parallel_calls=parallel, deterministic=True).ignore_errors()
+        # The incomplete last batch comes through (and is dropped in __next__) to count its records.
+        ds = ds.batch(self.local_batch_size)
+        ds = ds.map(no_autograph(tokenize_batch), num_parallel_calls=parallel, deterministic=True)
         ds = ds.prefetch(config["prefetch"])
         options = tf.data.Options()
         options.deterministic = True
-        return ds.with_options(options)
+        return ds.with_options(options), pulled
 
     def __iter__(self) -> TrainIterator:
         return self
@@ -203,28 +218,39 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     def __next__(self) -> dict[str, np.ndarray]:
         while True:
             if self._iterator is None:
-                self._iterator = self._epoch_dataset(self._epoch, self._position).as_numpy_iterator()
-                self._epoch_started_at = self._position
+                ds, self._pulled = self._epoch_dataset(self._epoch, self._position)
+                self._iterator = ds.as_numpy_iterator()
+                self._epoch_start = self._position
+                self._tail_examples = 0
             try:
                 batch = next(self._iterator)
             except StopIteration:
                 self._end_epoch()
                 continue
+            if len(batch["index"]) < self.local_batch_size:
+                # The epoch's incomplete last batch: dropped, so batches never span epochs.
+                self._tail_examples = len(batch["index"])
+                continue
             end = int(batch["index"][-1]) + 1
-            dropped = (end - self._position) - self.local_batch_size
-            self._skipped += dropped
-            self._epoch_skipped += dropped
+            self._count_skipped((end - self._position) - self.local_batch_size)
             self._position = end
             self._batches += 1
             self._epoch_batches += 1
             return {"image": batch["image"], "text": batch["text"]}
 
+    def _count_skipped(self, count: int) -> None:
+        self._skipped += count
+        self._epoch_skipped += count
+
     def _end_epoch(self) -> None:
-        if self._epoch_batches == 0 and self._epoch_started_at == 0:
+        if self._epoch_batches == 0 and self._epoch_start == 0:
             raise ValueError(
                 f"epoch {self._epoch} of process {self._source.process_index} produced no full batch of "
                 f"{self.local_batch_size} examples: the data is too small for the batch size (or all corrupt)"
             )
+        # Records after the last full batch: the dropped incomplete batch, and corrupt ones among them.
+        epoch_end = self._epoch_start + int(self._pulled.numpy())
+        self._count_skipped(epoch_end - self._position - self._tail_examples)
         if self._epoch_skipped:
             logging.warning(
                 "data: epoch %d skipped %d corrupt records (undecodable image or missing/empty caption); "

@@ -1,0 +1,126 @@
+"""Small on-disk datasets for tests and benchmarks: img2dataset-style TFRecord shards (optionally with
+corrupt records), caption folders, class folders, and a per-process cached tiny `clip_synthetic` build."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import io
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+
+def random_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A smooth-ish random uint8 RGB image (gradients plus noise, so JPEG sizes are realistic)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(0, 255, size=3) + rng.uniform(-1, 1, size=3) * (x[..., None] + y[..., None]) / 4
+    return np.clip(base + rng.normal(0, 20, size=(height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def encode_image(image: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, **({"quality": quality} if fmt == "jpeg" else {}))
+    return buffer.getvalue()
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def write_caption_shards(
+    directory: str,
+    num_examples: int,
+    num_shards: int,
+    *,
+    image_size: tuple[int, int] = (40, 48),
+    corrupt: dict[int, str] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """img2dataset-layout shards `{shard:05d}.tfrecord` with "key", "jpg", "txt" and metadata features.
+
+    Example i has caption "caption {i}" (so tests can tell examples apart from their tokens). `corrupt`
+    maps example indices to a defect: "truncated_jpeg", "empty_caption", "blank_caption" (whitespace),
+    "missing_caption" (no "txt" feature) or "not_an_image". Examples go round-robin over the shards.
+    """
+    corrupt = corrupt or {}
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [os.path.join(directory, f"{s:05d}.tfrecord") for s in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    height, width = image_size
+    for i in range(num_examples):
+        jpeg = encode_image(random_image(rng, height, width))
+        caption = f"caption {i}"
+        defect = corrupt.get(i)
+        if defect == "truncated_jpeg":
+            jpeg = jpeg[: len(jpeg) // 2]
+        elif defect == "not_an_image":
+            jpeg = b"this is not an image"
+        elif defect == "empty_caption":
+            caption = ""
+        elif defect == "blank_caption":
+            caption = "  \n "
+        elif defect not in (None, "missing_caption"):
+            raise ValueError(f"unknown defect {defect!r}")
+        feature = {
+            "key": _bytes_feature(f"{i:09d}".encode()),
+            "jpg": _bytes_feature(jpeg),
+            # img2dataset's metadata columns ride along; the reader ignores them.
+            "url": _bytes_feature(f"https://example.com/{i}.jpg".encode()),
+            "width": _int_feature(width),
+            "height": _int_feature(height),
+            "status": _bytes_feature(b"success"),
+        }
+        if defect != "missing_caption":
+            feature["txt"] = _bytes_feature(caption.encode())
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        writers[i % num_shards].write(example.SerializeToString())
+    for writer in writers:
+        writer.close()
+    return paths
+
+
+def write_caption_folder(
+    directory: str, num_examples: int, *, image_size: tuple[int, int] = (40, 48)
+) -> None:
+    """img2dataset's "files" layout: `{shard:05d}/{key}.jpg` with `{key}.txt` ("caption {i}") beside it."""
+    rng = np.random.default_rng(0)
+    for i in range(num_examples):
+        sub = os.path.join(directory, f"{i % 2:05d}")
+        os.makedirs(sub, exist_ok=True)
+        fmt, ext = ("png", ".png") if i % 3 == 0 else ("jpeg", ".jpg")
+        with open(os.path.join(sub, f"{i:09d}{ext}"), "wb") as f:
+            f.write(encode_image(random_image(rng, *image_size), fmt))
+        with open(os.path.join(sub, f"{i:09d}.txt"), "w") as f:
+            f.write(f"caption {i}")
+
+
+def write_class_folder(directory: str, split: str, counts: dict[str, int], *, size: int = 24) -> None:
+    """`tfds.ImageFolder` layout: `{directory}/{split}/{class}/{i}.jpg`."""
+    rng = np.random.default_rng(1)
+    for label, count in counts.items():
+        sub = os.path.join(directory, split, label)
+        os.makedirs(sub, exist_ok=True)
+        for i in range(count):
+            with open(os.path.join(sub, f"{i}.jpg"), "wb") as f:
+                f.write(encode_image(random_image(rng, size, size + 4)))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_synthetic_data_dir() -> str:
+    """A TFDS data_dir holding `clip_synthetic/tiny`, built once per process and deleted at exit."""
+    from clip_jax.data import synthetic
+
+    directory = tempfile.mkdtemp(prefix="clip_synthetic_tiny_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    synthetic.prepare_synthetic(directory, "tiny")
+    return directory

@@ -1,0 +1,189 @@
+"""Training input: shapes and ranges, determinism, exact resume, per-host shards, corrupt records, sources."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from clip_jax.data import make_train_iterator, testing
+from clip_jax.preprocess import OPENAI_MEAN, OPENAI_STD
+from clip_jax.tokenizer import EOT_TOKEN, SOT_TOKEN, tokenize
+
+CONTEXT = 8
+
+
+def _caption_ids(text: np.ndarray, num_examples: int) -> list[int]:
+    """Map token rows back to i of "caption {i}" (the test shards' captions)."""
+    table = {
+        tuple(row): i
+        for i, row in enumerate(tokenize([f"caption {i}" for i in range(num_examples)], CONTEXT))
+    }
+    return [table[tuple(row)] for row in text]
+
+
+def _take(iterator, n: int) -> list[dict[str, np.ndarray]]:
+    return [next(iterator) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir() -> str:
+    return testing.tiny_synthetic_data_dir()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    directory = str(tmp_path_factory.mktemp("shards"))
+    testing.write_caption_shards(directory, 24, 4)
+    return directory
+
+
+def _synthetic(synthetic_dir: str, seed: int = 0, batch: int = 16):
+    config = {"source": "synthetic", "name": "tiny", "data_dir": synthetic_dir, "shuffle_buffer": 64}
+    return make_train_iterator(
+        config,
+        global_batch_size=batch,
+        image_size=32,
+        context_length=CONTEXT,
+        seed=seed,
+        process_index=0,
+        process_count=1,
+    )
+
+
+def _records(
+    path: str, seed: int = 0, batch: int = 4, process_index: int = 0, process_count: int = 1, **extra
+):
+    config = {"source": "tfrecord", "path": path, "shuffle_buffer": 8, **extra}
+    return make_train_iterator(
+        config,
+        global_batch_size=batch,
+        image_size=24,
+        context_length=CONTEXT,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def test_synthetic_batches_are_model_inputs_and_seeded(synthetic_dir):
+    batch, same, other = (next(_synthetic(synthetic_dir, seed)) for seed in (0, 0, 1))
+    assert set(batch) == {"image", "text"}
+    assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["text"].shape == (16, CONTEXT) and batch["text"].dtype == np.int32
+    # Normalised pixels lie between (0 - mean) / std and (1 - mean) / std, per channel.
+    low = (0.0 - np.array(OPENAI_MEAN)) / np.array(OPENAI_STD)
+    high = (1.0 - np.array(OPENAI_MEAN)) / np.array(OPENAI_STD)
+    pixels = batch["image"].reshape(-1, 3)
+    assert np.all(pixels >= low - 1e-5) and np.all(pixels <= high + 1e-5)
+    assert pixels.std() > 0.3  # actual images, not padding
+    assert np.all(batch["text"][:, 0] == SOT_TOKEN)
+    assert np.all((batch["text"] == EOT_TOKEN).sum(axis=1) == 1)
+    # The same seed gives the same batch (order, crops and caption choice); another seed does not.
+    np.testing.assert_array_equal(batch["image"], same["image"])
+    np.testing.assert_array_equal(batch["text"], same["text"])
+    assert not np.array_equal(batch["image"], other["image"])
+
+
+def test_resumed_iterator_continues_exactly(synthetic_dir):
+    # 128 training examples in batches of 16: 8 batches per epoch, so the comparison crosses an epoch.
+    original = _synthetic(synthetic_dir)
+    _take(original, 6)
+    state = json.loads(json.dumps(original.get_state()))
+    expected = _take(original, 4)
+    assert original.epoch == 1
+
+    resumed = _synthetic(synthetic_dir)
+    resumed.set_state(state)
+    for want, got in zip(expected, _take(resumed, 4), strict=True):
+        np.testing.assert_array_equal(want["image"], got["image"])
+        np.testing.assert_array_equal(want["text"], got["text"])
+    assert resumed.get_state() == original.get_state()
+
+
+def test_state_from_another_configuration_is_refused(synthetic_dir):
+    state = _synthetic(synthetic_dir, seed=0).get_state()
+    with pytest.raises(ValueError, match="seed"):
+        _synthetic(synthetic_dir, seed=1).set_state(state)
+    _synthetic(synthetic_dir, seed=1).set_state(state, strict=False)
+
+
+def test_every_record_once_per_epoch_and_epochs_reshuffled(shards):
+    iterator = _records(shards)
+    epochs = [sum((_caption_ids(b["text"], 24) for b in _take(iterator, 6)), []) for _ in range(2)]
+    assert sorted(epochs[0]) == list(range(24)) and sorted(epochs[1]) == list(range(24))
+    assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("num_shards, process_count", [(4, 2), (2, 3)])
+def test_hosts_read_disjoint_shares(tmp_path, num_shards, process_count):
+    # 4 shards over 2 hosts: whole files per host; 2 shards over 3 hosts: records are dealt out instead.
+    testing.write_caption_shards(str(tmp_path), 24, num_shards)
+    seen = []
+    for index in range(process_count):
+        iterator = _records(
+            str(tmp_path), batch=2 * process_count, process_index=index, process_count=process_count
+        )
+        per_epoch = 24 // process_count // 2
+        batches = _take(iterator, per_epoch)
+        assert batches[0]["image"].shape == (2, 24, 24, 3)
+        seen.append(set(sum((_caption_ids(b["text"], 24) for b in batches), [])))
+    assert sum(len(s) for s in seen) == 24 and set.union(*seen) == set(range(24))
+
+
+def test_corrupt_records_are_skipped_and_counted(tmp_path, caplog):
+    defects = {
+        3: "truncated_jpeg",
+        7: "empty_caption",
+        11: "missing_caption",
+        12: "blank_caption",
+        15: "not_an_image",
+    }
+    testing.write_caption_shards(str(tmp_path), 20, 2, corrupt=defects)
+    iterator = _records(str(tmp_path), batch=3)
+    ids = sum((_caption_ids(b["text"], 20) for b in _take(iterator, 5)), [])
+    assert sorted(ids) == sorted(set(range(20)) - set(defects))
+    with caplog.at_level(logging.WARNING):
+        next(iterator)  # ends epoch 0, which warns with its exact count
+    assert "epoch 0 skipped 5 corrupt records" in " ".join(r.getMessage() for r in caplog.records)
+    state = iterator.get_state()
+    assert state["epoch"] == 1 and iterator.num_skipped == state["skipped"] >= 5
+    with caplog.at_level(logging.WARNING):
+        iterator.close()
+    assert f"skipped {state['skipped']} corrupt records in total" in caplog.records[-1].getMessage()
+
+
+def test_folder_source_pairs_images_with_captions(tmp_path):
+    testing.write_caption_folder(str(tmp_path), 10)
+    # An image without a caption is left out of the file list (with a warning), not counted as a record.
+    with open(os.path.join(tmp_path, "00000", "orphan.jpg"), "wb") as f:
+        f.write(testing.encode_image(np.zeros((8, 8, 3), np.uint8)))
+    config = {"source": "folder", "path": str(tmp_path)}
+    iterator = make_train_iterator(
+        config, global_batch_size=5, image_size=16, context_length=CONTEXT, process_index=0, process_count=1
+    )
+    batches = _take(iterator, 2)
+    assert sorted(sum((_caption_ids(b["text"], 10) for b in batches), [])) == list(range(10))
+    assert batches[0]["image"].shape == (5, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"source": "webdataset"}, "source"),
+        ({"source": "synthetic", "shufle_buffer": 10}, "shufle_buffer"),
+        ({"source": "tfrecord"}, "path"),
+        ({"source": "tfds"}, "name"),
+    ],
+)
+def test_config_mistakes_name_the_field(config, field):
+    with pytest.raises(ValueError, match=field):
+        make_train_iterator(config, global_batch_size=4, image_size=16, process_index=0, process_count=1)
+
+
+def test_global_batch_must_split_over_hosts(shards):
+    with pytest.raises(ValueError, match="divisible"):
+        _records(shards, batch=5, process_index=0, process_count=2)
