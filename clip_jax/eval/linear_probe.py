@@ -50,16 +50,17 @@ class LogisticRegression:
         return self.logits(x).argmax(-1)
 
 
-def _loss(p: dict, x: jax.Array, y: jax.Array, l2: jax.Array) -> jax.Array:
+def _loss(p: dict, x: jax.Array, y: jax.Array, weight: jax.Array, l2: jax.Array) -> jax.Array:
     logits = x @ p["w"] + p["b"]
     logz = jax.nn.logsumexp(logits, axis=-1)
-    ce = jnp.mean(logz - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0])
-    return ce + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
+    ce = logz - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+    # Rows of weight 0 are padding (see _pad_rows): the mean runs over the real rows only.
+    return jnp.sum(weight * ce) / jnp.sum(weight) + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
 
 
 @jax.jit
-def _fit(x, y, l2, w0, b0, tol, max_iter):
-    loss = functools.partial(_loss, x=x, y=y, l2=l2)
+def _fit(x, y, weight, l2, w0, b0, tol, max_iter):
+    loss = functools.partial(_loss, x=x, y=y, weight=weight, l2=l2)
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
     params = {"w": w0, "b": b0}
@@ -85,6 +86,23 @@ def _fit(x, y, l2, w0, b0, tol, max_iter):
     return p["w"], p["b"], it, gmax
 
 
+PAD_ROWS_TO = 1024
+
+
+def _pad_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pad to a multiple of PAD_ROWS_TO rows with weight 0, so that the train, validation-sweep and refit
+    sets (all of different sizes) share one compilation of the solver."""
+    n = x.shape[0]
+    total = -(-n // PAD_ROWS_TO) * PAD_ROWS_TO
+    weight = np.zeros(total, np.float32)
+    weight[:n] = 1.0
+    xp = np.zeros((total, x.shape[1]), np.float32)
+    xp[:n] = x
+    yp = np.zeros(total, np.int32)
+    yp[:n] = y
+    return xp, yp, weight
+
+
 def fit_logistic_regression(
     x: np.ndarray,
     y: np.ndarray,
@@ -96,13 +114,12 @@ def fit_logistic_regression(
     init: LogisticRegression | None = None,
 ) -> LogisticRegression:
     """L2-regularised multinomial logistic regression, the minimiser of sklearn's objective for this C."""
-    x = jnp.asarray(x, jnp.float32)
-    y = jnp.asarray(y, jnp.int32)
-    d = x.shape[1]
+    n, d = np.shape(x)
+    x, y, weight = _pad_rows(np.asarray(x, np.float32), np.asarray(y, np.int32))
     w0 = jnp.zeros((d, num_classes), jnp.float32) if init is None else jnp.asarray(init.w)
     b0 = jnp.zeros((num_classes,), jnp.float32) if init is None else jnp.asarray(init.b)
-    l2 = 1.0 / (C * x.shape[0])
-    w, b, it, gmax = _fit(x, y, jnp.float32(l2), w0, b0, jnp.float32(tol), jnp.int32(max_iter))
+    l2 = 1.0 / (C * n)
+    w, b, it, gmax = _fit(x, y, weight, jnp.float32(l2), w0, b0, jnp.float32(tol), jnp.int32(max_iter))
     return LogisticRegression(np.asarray(w), np.asarray(b), float(C), int(it), float(gmax))
 
 
