@@ -96,7 +96,9 @@ def make_retrieval_dataset(
         ds = builders.read_host_slice(builder, split, shard, decoders={image_key: tfds.decode.SkipDecoding()})
         ds = ds.map(no_autograph(preprocess), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = padding.pad_and_batch(ds, shard, pad)
-        return ds.map(no_autograph(tokenize), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+        return ds.map(
+            no_autograph(tokenize), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).prefetch(2)
 
     return padding.PaddedDataset(
         build, shard, name=name_or_source, split=split, captions_per_image=k, caption_key=caption_key

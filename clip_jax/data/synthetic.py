@@ -105,7 +105,9 @@ _LABELS = {
 }
 
 
-class ClipSynthetic(tfds.core.GeneratorBasedBuilder):
+# Under `python -m clip_jax.data.synthetic` this file runs a second time as __main__, after the package
+# import registered the builder; registering the name twice would fail.
+class ClipSynthetic(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__main__"):
     """Procedural shapes with captions; labels shape/color/size/position/texture/background."""
 
     VERSION = tfds.core.Version("1.0.0")
