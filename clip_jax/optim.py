@@ -14,15 +14,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from clip_jax.sharding import dict_key_path
+
 # CLIP excludes biases, norm gains, embeddings and the temperature from weight decay.
 NO_DECAY_REGEX = r"(^|/)(bias|scale|logit_scale|logit_bias)$|embedding"
 
 
 def param_paths(params: Any) -> Any:
     """A tree like `params` whose leaves are the '/'-joined key paths."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), params
-    )
+    return jax.tree_util.tree_map_with_path(lambda path, _: dict_key_path(path), params)
 
 
 def path_mask(params: Any, regexes: Sequence[str]) -> Any:
