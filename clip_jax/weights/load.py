@@ -103,7 +103,10 @@ def convert_state_dict(
 
 
 def load_params_checked(
-    path: str | os.PathLike, name: str | CLIPConfig | None, quick_gelu: bool | None, param_dtype: Any
+    path: str | os.PathLike,
+    name: str | CLIPConfig | None = None,
+    quick_gelu: bool | None = None,
+    param_dtype: Any = np.float32,
 ) -> tuple[CLIPConfig, dict]:
     """(cfg, per-layer params) from any supported input, verified against the named config if any."""
     if isinstance(name, str):
@@ -112,13 +115,15 @@ def load_params_checked(
         what = "the given config" if name is not None else "the config read or inferred from the checkpoint"
     if params_io.is_params_dir(path):
         stored_cfg, params = params_io.load_params(path)
-        if name is None:
-            cfg = stored_cfg if quick_gelu is None else stored_cfg.replace(quick_gelu=quick_gelu)
-            return cfg, _cast(params, param_dtype)
-        cfg = resolve_config(name, OpenClipStateDict({}, Path(path), "orbax"), quick_gelu)
+        stored = stored_cfg if quick_gelu is None else stored_cfg.replace(quick_gelu=quick_gelu)
+        cfg = (
+            stored
+            if name is None
+            else resolve_config(name, OpenClipStateDict({}, Path(path), "orbax"), quick_gelu)
+        )
         found = {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in open_clip.expected_shapes(params).items()}
         open_clip.check_state_dict(found, param_shapes(cfg), what)
-        stored = stored_cfg if quick_gelu is None else stored_cfg.replace(quick_gelu=quick_gelu)
+        # Heads and the activation leave no trace in shapes; the saved config knows them.
         diff = _config_diff(cfg, stored)
         if diff:
             raise ValueError(f"{what} differs from the config saved in {path} in (given, saved): {diff}")
