@@ -153,6 +153,62 @@ def install_padded_cudnn_attention(multiple: int) -> None:
     jax.nn.dot_product_attention = padded
 
 
+def install_custom_vjp_layernorm() -> None:
+    """EXPERIMENT, not the project's code path: LayerNorm with a hand-written backward pass.
+
+    The profile of the project's step showed LayerNorm's backward (autodiff through the two-pass fp32
+    mean/variance) as the largest non-matmul cost. This keeps the forward bit-identical and saves only
+    the input, mean and 1/std; the backward is the closed form
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * scale,
+    with dscale = sum(dy * xhat), dbias = sum(dy). The modules' names and parameters are unchanged.
+    """
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    import clip_jax.models.text as text_mod
+    import clip_jax.models.transformer as tr
+    import clip_jax.models.vit as vit_mod
+
+    @jax.custom_vjp
+    def layer_norm(x, scale, bias):
+        return _fwd(x, scale, bias)[0]
+
+    def _fwd(x, scale, bias):
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        centred = x32 - mean
+        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + tr.LN_EPS)
+        y = centred * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y, (x, mean, rstd, scale, bias)
+
+    def _bwd(res, dy):
+        x, mean, rstd, scale, bias = res
+        dy = dy.astype(jnp.float32)
+        xhat = (x.astype(jnp.float32) - mean) * rstd
+        axes = tuple(range(dy.ndim - 1))
+        g = dy * scale.astype(jnp.float32)
+        dx = rstd * (
+            g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
+        )
+        dscale = jnp.sum(dy * xhat, axis=axes).astype(scale.dtype)
+        dbias = jnp.sum(dy, axis=axes).astype(bias.dtype)
+        return dx.astype(x.dtype), dscale, dbias
+
+    layer_norm.defvjp(_fwd, _bwd)
+
+    class FastLayerNorm(tr.LayerNorm):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            width = x.shape[-1]
+            scale = self.param("scale", tr._p(nn.initializers.ones, ("embed",)), (width,), self.param_dtype)
+            bias = self.param("bias", tr._p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
+            return layer_norm(x, scale, bias).astype(self.dtype)
+
+    for module in (tr, vit_mod, text_mod):
+        module.LayerNorm = FastLayerNorm
+
+
 # --------------------------------------------------------------------------------------------------
 # One measurement (this process)
 # --------------------------------------------------------------------------------------------------
@@ -174,6 +230,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.attention == "auto":
         args.attention = "cudnn" if device.platform == "gpu" else "xla"
     impl = args.attention
+    if args.ln == "custom_vjp":
+        install_custom_vjp_layernorm()
     if args.attention == "cudnn_padded":
         install_padded_cudnn_attention(args.pad_multiple)
         impl = "cudnn"
@@ -241,6 +299,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "attention": args.attention,
         "remat": args.remat,
         "scan": args.scan,
+        "ln": args.ln,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": f"{device.platform}:{device.device_kind}",
         "jax": jax.__version__,
@@ -329,7 +388,7 @@ def sweep_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         out = []
         for spec in args.variants.split(";"):
             v = {"batch": args.batch, "attention": args.attention, "remat": args.remat, "scan": args.scan}
-            v["flags"] = "default"
+            v.update(flags="default", ln=args.ln)
             for item in filter(None, (x.strip() for x in spec.split(","))):
                 key, value = item.split("=", 1)
                 if key not in v:
@@ -347,7 +406,7 @@ def sweep_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
         args.sweep_xla.split(","),
     )
     keys = ("batch", "attention", "remat", "scan", "flags")
-    return [dict(zip(keys, values, strict=True)) for values in grid]
+    return [dict(zip(keys, values, strict=True), ln=args.ln) for values in grid]
 
 
 def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -381,6 +440,8 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
             str(args.warmup),
             "--pad-multiple",
             str(args.pad_multiple),
+            "--ln",
+            variant["ln"],
         ]
         if args.peak_tflops:
             cmd += ["--peak-tflops", str(args.peak_tflops)]
@@ -403,8 +464,8 @@ def _append_json(path: str, record: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 TABLE_HEADER = (
-    "| batch | attention | remat | scan | XLA flags | compile s | step ms | images/s | TFLOP/s | MFU | peak GiB |\n"
-    "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| batch | attention | remat | scan | LayerNorm | XLA flags | compile s | step ms | images/s | TFLOP/s | MFU "
+    "| peak GiB |\n| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 )
 
 
@@ -414,7 +475,7 @@ def _fmt(x: Any, spec: str) -> str:
 
 def _row(r: dict[str, Any]) -> str:
     head = f"| {r['batch']} | {r['attention']} | {r['remat']} | {'scan' if r['scan'] else 'unrolled'} | "
-    head += f"{r.get('flags', '')} | "
+    head += f"{r.get('ln', 'model')} | {r.get('flags', '')} | "
     if "error" in r:
         return head + f"{r['error']} | | | | | |"
     mfu = None if r.get("mfu") is None else 100 * r["mfu"]
@@ -429,7 +490,7 @@ def print_result(r: dict[str, Any], ref: dict[str, Any] | None) -> None:
     print(f"device            {r['device']} (jax {r['jax']})")
     print(
         f"config            {r['model']} {r['dtype']} batch={r['batch']} attention={r['attention']} "
-        f"remat={r['remat']} scan={r['scan']} XLA_FLAGS='{r['xla_flags']}'"
+        f"remat={r['remat']} scan={r['scan']} layernorm={r['ln']} XLA_FLAGS='{r['xla_flags']}'"
     )
     print(f"compile           {r['compile_s']:.1f} s (of which trace+lower {r['lower_s']:.1f} s)")
     print(
@@ -470,6 +531,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="jax.nn.dot_product_attention implementation; auto = cudnn on NVIDIA GPUs, else xla; "
         "cudnn_padded = experiment, see install_padded_cudnn_attention",
+    )
+    p.add_argument(
+        "--ln",
+        choices=("model", "custom_vjp"),
+        default="model",
+        help="model = the project's LayerNorm; custom_vjp = experiment, see install_custom_vjp_layernorm",
     )
     p.add_argument("--pad-multiple", type=int, default=8, help="sequence padding for cudnn_padded")
     p.add_argument("--remat", choices=REMAT_CHOICES, default="none")
