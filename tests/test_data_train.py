@@ -187,3 +187,33 @@ def test_config_mistakes_name_the_field(config, field):
 def test_global_batch_must_split_over_hosts(shards):
     with pytest.raises(ValueError, match="divisible"):
         _records(shards, batch=5, process_index=0, process_count=2)
+
+
+def test_tfds_source_samples_one_of_several_captions_per_epoch():
+    # coco_captions' layout (captions/text, several per image), served by a mocked TFDS reader.
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(0)
+    images = [testing.encode_image(testing.random_image(rng, 20, 24)) for _ in range(8)]
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        texts = [[f"caption {i}", f"caption {i + 8}", f"caption {i + 16}"] for i in range(8)]
+        return tf.data.Dataset.from_tensor_slices({"image": images, "captions": {"text": texts}})
+
+    config = {"source": "tfds", "name": "coco_captions", "shuffle_buffer": 8}
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        iterator = make_train_iterator(
+            config,
+            global_batch_size=4,
+            image_size=16,
+            context_length=CONTEXT,
+            process_index=0,
+            process_count=1,
+        )
+        epochs = [sum((_caption_ids(b["text"], 24) for b in _take(iterator, 2)), []) for _ in range(3)]
+    for ids in epochs:
+        assert sorted(i % 8 for i in ids) == list(range(8))  # every image once per epoch
+    # Across epochs images are paired with different ones of their captions.
+    assert len({tuple(sorted(ids)) for ids in epochs}) > 1
+    assert any(i >= 8 for ids in epochs for i in ids)
