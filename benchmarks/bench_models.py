@@ -1,0 +1,455 @@
+"""Image/text tower inference and the full train step: clip_jax vs open_clip on one random model.
+
+    python benchmarks/bench_models.py                       # all benchmarks, default sizes
+    python benchmarks/bench_models.py --quick               # small batches, 2 repeats (smoke test)
+    python benchmarks/bench_models.py --only image --models ViT-B-16 --batch 8 --variants default,patch_matmul
+    python benchmarks/bench_models.py --xla-flags=--xla_cpu_use_thunk_runtime=false
+
+Both sides compute the same function: one random open_clip model (`open_clip.create_model(name,
+pretrained=None)`) is converted with the project's converter (`clip_jax.weights.load.convert_state_dict`),
+and before anything is timed the outputs are asserted to agree (features to 1e-4; for the train step,
+the loss of the first step on the same batch). Same config, batch, fp32, one process, default thread
+counts of both frameworks (torch: `torch.get_num_threads()`, XLA:CPU: one intra-op thread per core).
+
+  image   `encode_image` on [B, 224, 224, 3] (ours, jitted) vs [B, 3, 224, 224] (open_clip, inference_mode)
+  text    `encode_text` on [B, 77] token ids ending in EOT
+  train   forward both towers, contrastive loss, backward, AdamW, logit-scale clamp. Ours:
+          `clip_jax.train_step.make_train_step` + `clip_jax.optim.make_optimizer`, jitted, state donated;
+          compile time (lower + compile) reported apart. Theirs: open_clip's model + `open_clip.loss.ClipLoss`
+          + `torch.optim.AdamW` with open_clip_train's parameter groups (no decay on gains and biases).
+
+Variants (`--variants`) change only our side, to measure what a model change would buy before it is made
+in clip_jax/models: they are applied by patching the model classes inside this process (see VARIANTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":
+    # XLA reads its flags when the backend starts, so --xla-flags must be applied before jax is imported.
+    _early = argparse.ArgumentParser(add_help=False)
+    _early.add_argument("--xla-flags", default=None)
+    _xla_flags = _early.parse_known_args()[0].xla_flags
+    if _xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _xla_flags).strip()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import alternate, ratio_table, throughput_row  # noqa: E402
+from clip_jax.models import CLIP, CLIPConfig, get_model_config, stack_layers  # noqa: E402
+from clip_jax.models import transformer as transformer_mod  # noqa: E402
+from clip_jax.models import vit as vit_mod  # noqa: E402
+from clip_jax.optim import make_optimizer  # noqa: E402
+from clip_jax.random_batches import RandomBatches  # noqa: E402
+from clip_jax.train_step import init_train_state, make_train_step  # noqa: E402
+from clip_jax.weights.load import OpenClipStateDict, convert_state_dict  # noqa: E402
+
+MODELS = ("ViT-B-32", "ViT-B-16")
+BENCHMARKS = ("image", "text", "train")
+TRAIN_MODEL = "ViT-B-32"
+TARGETS = {"image": 1.2, "text": 1.2, "train": 1.2}
+# Features are O(1); the two frameworks sum in different orders, so agreement is to float32 rounding.
+ATOL = 1e-4
+LR, WEIGHT_DECAY, BETAS, EPS = 5e-4, 0.2, (0.9, 0.98), 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# The model pair
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Pair:
+    name: str
+    cfg: CLIPConfig
+    torch_model: Any  # open_clip.model.CLIP, eval mode
+    params: dict  # per-layer numpy params converted from torch_model's state dict
+
+
+def make_pair(name: str, seed: int = 0) -> Pair:
+    """A random open_clip model and the same weights as clip_jax params (via the project's converter)."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    cfg = get_model_config(name)
+    ckpt = OpenClipStateDict(state_dict, Path(f"<random open_clip {name}>"), "open_clip")
+    params = convert_state_dict(ckpt, cfg, what=f"model {name!r}")
+    return Pair(name, cfg, model, params)
+
+
+def random_batch(cfg: CLIPConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random normal images [B, H, W, 3] and token ids with SOT ... EOT and zero padding."""
+    it = RandomBatches(
+        global_batch_size=batch,
+        image_size=cfg.vision.image_size,
+        context_length=cfg.text.context_length,
+        seed=seed,
+    )
+    return next(it)
+
+
+def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    import torch
+
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))),
+        "text": torch.from_numpy(batch["text"].astype(np.int64)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants of our side (measured here before any change is made to clip_jax/models)
+# --------------------------------------------------------------------------------------------------
+
+
+class EinsumAttention(transformer_mod.Attention):
+    """Attention as two einsums and a softmax, instead of jax.nn.dot_product_attention."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        qkv = transformer_mod.QKVProjection(
+            self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
+        )(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k)
+        if self.causal:
+            n = x.shape[1]
+            logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, jnp.finfo(logits.dtype).min)
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return transformer_mod.AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+
+class PatchMatmul(nn.Module):
+    """Drop-in for the patch-embedding nn.Conv (kernel == stride, VALID, no bias): cut the image into
+    patches with a reshape/transpose and multiply by the same [p, p, C, W] kernel as one matmul."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    kernel_init: Callable
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.kernel_size[0]
+        b, h, w, c = x.shape
+        kernel = self.param("kernel", self.kernel_init, (p, p, c, self.features), self.param_dtype)
+        patches = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, h // p, w // p, p * p * c)
+        return patches @ kernel.reshape(p * p * c, self.features).astype(self.dtype)
+
+
+class _LinenWithPatchMatmul:
+    """flax.linen as vit.py sees it, except that nn.Conv builds a PatchMatmul."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(nn, name)
+
+    @staticmethod
+    def Conv(features, kernel_size, strides, padding, use_bias, kernel_init, name, dtype, param_dtype):  # noqa: N802
+        assert tuple(strides) == tuple(kernel_size) and padding == "VALID" and not use_bias
+        return PatchMatmul(features, tuple(kernel_size), kernel_init, dtype, param_dtype, name=name)
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, attr: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How our side is built: CLIP keyword arguments, class patches active while tracing, tolerance."""
+
+    name: str
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
+    scan: bool = False
+    atol: float = ATOL
+
+    def model(self, cfg: CLIPConfig) -> CLIP:
+        return CLIP(cfg, scan=self.scan, **dict(self.model_kwargs))
+
+    def params(self, params: dict) -> dict:
+        return stack_layers(params) if self.scan else params
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for make in self.patches:
+                stack.enter_context(make())
+            yield
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("default"),
+        Variant("attn_xla", (("attention_impl", "xla"),)),
+        Variant("attn_einsum", patches=(lambda: _patched(transformer_mod, "Attention", EinsumAttention),)),
+        Variant("patch_matmul", patches=(lambda: _patched(vit_mod, "nn", _LinenWithPatchMatmul()),)),
+        Variant("scan", scan=True),
+        Variant("bf16", (("dtype", jnp.bfloat16),), atol=5e-2),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmarks
+# --------------------------------------------------------------------------------------------------
+
+
+def _machine_note() -> dict:
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def bench_inference(
+    pair: Pair, tower: str, batch: int, repeats: int, variant: Variant = VARIANTS["default"]
+) -> dict:
+    """Median throughput of `encode_image` or `encode_text`, ours (jitted) vs open_clip (inference_mode)."""
+    import torch
+
+    data = random_batch(pair.cfg, batch)
+    key = "image" if tower == "image" else "text"
+    x = jax.device_put(data[key])
+    xt = to_torch(data)[key]
+    model = variant.model(pair.cfg)
+    params = jax.device_put(variant.params(pair.params))
+    method = CLIP.encode_image if tower == "image" else CLIP.encode_text
+    torch_fn = pair.torch_model.encode_image if tower == "image" else pair.torch_model.encode_text
+
+    with variant.active():
+        start = time.perf_counter()
+        compiled = (
+            jax.jit(lambda p, x: model.apply({"params": p}, x, method=method)).lower(params, x).compile()
+        )
+        compile_s = time.perf_counter() - start
+
+    def ours():
+        return compiled(params, x).block_until_ready()
+
+    def theirs():
+        with torch.inference_mode():
+            return torch_fn(xt)
+
+    max_diff = float(np.max(np.abs(np.asarray(ours(), np.float32) - theirs().numpy())))
+    if not max_diff <= variant.atol:
+        raise AssertionError(f"{pair.name} {tower} ({variant.name}): max |ours - open_clip| = {max_diff:.2e}")
+    timings = alternate(ours, theirs, repeats)
+    return throughput_row(
+        f"{pair.name} {tower} tower, batch {batch}"
+        + ("" if variant.name == "default" else f" [{variant.name}]"),
+        "images/s" if tower == "image" else "texts/s",
+        batch,
+        timings,
+        benchmark=tower,
+        target=tower,
+        model=pair.name,
+        batch=batch,
+        variant=variant.name,
+        compile_s=compile_s,
+        max_abs_diff=max_diff,
+        **_machine_note(),
+    )
+
+
+def _torch_train_step(pair: Pair, data: dict[str, Any]) -> Callable[[], float]:
+    """open_clip's training step as its train loop runs it (fp32, no AMP, one device)."""
+    import open_clip
+    import torch
+
+    model = copy.deepcopy(pair.torch_model).train()
+    exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": WEIGHT_DECAY},
+    ]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)
+    loss_fn = open_clip.loss.ClipLoss()
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        img, txt, scale = model(data["image"], data["text"])
+        loss = loss_fn(img, txt, scale)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return loss.item()
+
+    return step
+
+
+def bench_train_step(pair: Pair, batch: int, repeats: int, variant: Variant = VARIANTS["default"]) -> dict:
+    """Median step time of the full train step, ours (jitted, donated state) vs open_clip + AdamW."""
+    data = random_batch(pair.cfg, batch, seed=1)
+    batch_j = jax.device_put(data)
+    model = variant.model(pair.cfg)
+    params = jax.device_put(variant.params(pair.params))
+    tx, _ = make_optimizer(
+        params,
+        lr=LR,
+        total_steps=10_000,
+        warmup_steps=0,
+        weight_decay=WEIGHT_DECAY,
+        b1=BETAS[0],
+        b2=BETAS[1],
+        eps=EPS,
+    )
+    state = init_train_state(params, tx, jax.random.key(0))
+    with variant.active():
+        start = time.perf_counter()
+        lowered = jax.jit(make_train_step(model, tx), donate_argnums=0).lower(state, batch_j)
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - start
+
+    holder = {"state": state}
+
+    def ours() -> float:
+        holder["state"], metrics = compiled(holder["state"], batch_j)
+        jax.block_until_ready(holder["state"])
+        return float(metrics["loss"])
+
+    theirs = _torch_train_step(pair, to_torch(data))
+    # The first step of each starts from the same weights on the same batch: same loss. It also warms up.
+    ours_loss, theirs_loss = ours(), theirs()
+    if not abs(ours_loss - theirs_loss) <= variant.atol:
+        raise AssertionError(
+            f"{pair.name} train step ({variant.name}): loss {ours_loss} vs open_clip {theirs_loss}"
+        )
+    timings = alternate(ours, theirs, repeats, warmup=0)
+    return throughput_row(
+        f"{pair.name} train step, batch {batch}"
+        + ("" if variant.name == "default" else f" [{variant.name}]"),
+        "pairs/s",
+        batch,
+        timings,
+        benchmark="train",
+        target="train",
+        model=pair.name,
+        batch=batch,
+        variant=variant.name,
+        compile_s=compile_s,
+        first_loss_ours=ours_loss,
+        first_loss_theirs=theirs_loss,
+        **_machine_note(),
+    )
+
+
+def run(
+    quick: bool = False,
+    models: tuple[str, ...] = MODELS,
+    only: tuple[str, ...] = BENCHMARKS,
+    batch: int | None = None,
+    train_batch: int | None = None,
+    repeats: int | None = None,
+    variants: tuple[str, ...] = ("default",),
+) -> list[dict]:
+    """Every requested (benchmark, model, variant); one result dict per row. Train step on ViT-B-32 only
+    unless `models` excludes it (then on the first model given)."""
+    batch = batch or (4 if quick else 16)
+    train_batch = train_batch or (8 if quick else 32)
+    repeats = repeats or (2 if quick else 5)
+    rows = []
+    for name in models:
+        pair = make_pair(name)
+        for v in variants:
+            variant = VARIANTS[v]
+            for tower in ("image", "text"):
+                if tower in only:
+                    rows.append(bench_inference(pair, tower, batch, repeats, variant))
+                    _log(rows[-1])
+            if "train" in only and name == (TRAIN_MODEL if TRAIN_MODEL in models else models[0]):
+                rows.append(
+                    bench_train_step(
+                        pair, train_batch, max(1, repeats - 2) if not quick else repeats, variant
+                    )
+                )
+                _log(rows[-1])
+        del pair
+    return rows
+
+
+def _log(row: dict) -> None:
+    print(
+        f"  {row['name']}: ours {row['ours_s']:.3f} s, open_clip {row['theirs_s']:.3f} s, ratio {row['ratio']:.2f}x"
+        f" (compile {row['compile_s']:.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def to_markdown(rows: list[dict]) -> str:
+    table = ratio_table(rows, TARGETS)
+    notes = [
+        f"- {r['name']}: compile {r['compile_s']:.1f} s"
+        + (
+            f"; first-step loss {r['first_loss_ours']:.6f} (ours) vs {r['first_loss_theirs']:.6f} (open_clip)"
+            if "first_loss_ours" in r
+            else f"; max |ours - open_clip| = {r['max_abs_diff']:.1e}"
+        )
+        for r in rows
+    ]
+    threads = sorted({r["torch_threads"] for r in rows})
+    flags = sorted({r["xla_flags"] for r in rows})
+    return "\n".join(
+        [
+            table,
+            "",
+            f"torch threads: {threads}; XLA_FLAGS: {flags}; ours compile time (not in step time):",
+            *notes,
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 4 (train 8), 2 repeats")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--batch", type=int, default=None, help="inference batch (default 16)")
+    parser.add_argument("--train-batch", type=int, default=None, help="train-step batch (default 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
+    parser.add_argument("--variants", default="default", help=f"comma list of {','.join(VARIANTS)}")
+    parser.add_argument("--xla-flags", default=None, help="appended to XLA_FLAGS before jax starts")
+    args = parser.parse_args()
+    rows = run(
+        quick=args.quick,
+        models=tuple(args.models.split(",")),
+        only=tuple(args.only.split(",")),
+        batch=args.batch,
+        train_batch=args.train_batch,
+        repeats=args.repeats,
+        variants=tuple(args.variants.split(",")),
+    )
+    print(to_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
