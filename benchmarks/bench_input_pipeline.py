@@ -7,12 +7,15 @@ with bicubic resize, OpenAI normalisation, tokenization, batching, prefetch) and
 batches after two warm-up batches, so pipeline construction and shuffle-buffer filling are excluded but
 epoch boundaries inside the timed window are not. Rows:
 
-  synthetic@64    clip_synthetic/default (64x64 PNG) at the 64 px the main job trains on
-  synthetic@224   the same images upsampled to 224 px
+  synthetic@32    clip_synthetic/default (64x64 PNG) at the 32 px the main job (configs/synthetic_tiny.py)
+                  trains on
+  synthetic@64    the same at their stored 64 px
+  synthetic@224   the same upsampled to 224 px
   jpeg@224        img2dataset-style TFRecord shards of 320x256 JPEGs (q90), cropped and resized to 224 px
 
 tf.data uses all cores (AUTOTUNE). Compare `images_per_s` with the train step's images/s to see which
 one limits training. The synthetic dataset is built into --data_dir first if missing (timed separately).
+Other processes compete for the cores: the table prints the 1-minute load average seen during the run.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 
 ROWS = (
     # (name, source, image_size)
+    ("synthetic@32", "synthetic", 32),
     ("synthetic@64", "synthetic", 64),
     ("synthetic@224", "synthetic", 224),
     ("jpeg@224", "tfrecord", 224),
@@ -84,6 +88,7 @@ def run(
                     "images_per_s": round(images_per_s, 1),
                     "ms_per_batch": round(ms_per_batch, 1),
                     "cpu_cores": os.cpu_count(),
+                    "load_avg": round(os.getloadavg()[0], 1),
                 }
             )
     if build_s > 1.0:  # built now, not found prepared
@@ -93,14 +98,14 @@ def run(
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| input | image size | batch | images/s | ms/batch | cores |",
-        "|---|---|---|---|---|---|",
+        "| input | image size | batch | images/s | ms/batch | cores | load avg |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "images_per_s" in r:
             lines.append(
                 f"| {r['input']} | {r['image_size']} | {r['batch']} | {r['images_per_s']:.0f} | "
-                f"{r['ms_per_batch']:.0f} | {r['cpu_cores']} |"
+                f"{r['ms_per_batch']:.0f} | {r['cpu_cores']} | {r['load_avg']} |"
             )
     builds = [r for r in results if "build_s" in r]
     if builds:

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from clip_jax.data import builders
+from clip_jax.data import builders, synthetic
 
 SOURCES = ("synthetic", "tfds", "tfrecord", "folder")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -119,7 +119,9 @@ class TfdsSource(Source):
     def __init__(self, config: dict[str, Any], seed: int, process_index: int, process_count: int) -> None:
         super().__init__(config, seed, process_index, process_count)
         if config["source"] == "synthetic":
-            self.builder = builders.synthetic_builder(config["name"] or "default", config["data_dir"])
+            # "tiny", or the full "clip_synthetic/tiny"
+            name = config["name"].removeprefix(synthetic.ClipSynthetic.name).strip("/") or "default"
+            self.builder = builders.synthetic_builder(name, config["data_dir"])
         else:
             self.builder = builders.get_builder(config["name"], config["data_dir"])
         features = self.builder.info.features

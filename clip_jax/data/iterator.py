@@ -73,7 +73,7 @@ def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP/WebP-less bytes -> uint8 [H, W, 3]; fails (to be dropped) on corrupt data."""
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [H, W, 3]; raises on corrupt data (to be dropped)."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
