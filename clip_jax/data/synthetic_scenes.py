@@ -32,7 +32,7 @@ COLORS = {
 COLOR_NAMES = tuple(COLORS)
 SIZES = ("small", "medium", "large")
 # Object radius as a fraction of the image side, per size.
-_SIZE_RADIUS = {"small": 0.12, "medium": 0.17, "large": 0.22}
+_SIZE_RADIUS = {"small": 0.14, "medium": 0.19, "large": 0.25}
 POSITIONS = (
     "top left",
     "top",
@@ -44,7 +44,7 @@ POSITIONS = (
     "bottom",
     "bottom right",
 )
-_GRID = (0.28, 0.5, 0.72)
+_GRID = (0.3, 0.5, 0.7)
 # Textures and backgrounds seen in training, and the ones only the shifted splits use.
 TRAIN_TEXTURES = ("solid", "striped", "dotted")
 SHIFT_TEXTURES = ("checkered", "wavy")
