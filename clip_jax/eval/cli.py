@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from clip_jax.eval import results
-from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK, DatasetSpec
+from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK, DatasetSpec, imagenet_templates
 from clip_jax.models import CLIP, get_model_config, init_params, unstack_layers
 
 
@@ -134,18 +134,13 @@ def load_train_checkpoint(path: str | os.PathLike) -> tuple[dict, Path]:
     return unstack_layers(params), step_dir
 
 
-def _with_label(dataset: Iterable[dict], label_key: str | None) -> Iterator[dict]:
-    # Datasets with several label features (clip_synthetic) name the one to score as "label".
-    for batch in dataset:
-        if label_key is not None and label_key in batch:
-            batch = {**batch, "label": batch[label_key]}
-        yield batch
-
-
 def make_dataset(
     spec: DatasetSpec, args: argparse.Namespace, model: CLIP, split: str | None = None
 ) -> Iterable:
-    """Eval batches of a registered dataset at the model's image size, sharded over processes."""
+    """Eval batches of a registered dataset at the model's image size, sharded over processes.
+
+    --batch-size is global: each process reads batch_size / process_count images per batch.
+    """
     image_size = model.cfg.vision.image_size
     split = split or getattr(args, "split", None) or spec.split
     if spec.head == "objectnet":
@@ -156,17 +151,44 @@ def make_dataset(
         return objectnet_dataset(args.objectnet_dir, batch_size=args.batch_size, image_size=image_size)
     from clip_jax.data import make_eval_dataset
 
-    ds = make_eval_dataset(
+    # clip_synthetic has several label features; --task names the one to score.
+    label_key = (args.task or SYNTHETIC_DEFAULT_TASK) if spec.classes == "clip_synthetic" else "label"
+    return make_eval_dataset(
         spec.tfds_name,
         split,
         batch_size=args.batch_size,
         image_size=image_size,
         data_dir=args.data_dir,
+        label_key=label_key,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    label_key = (args.task or SYNTHETIC_DEFAULT_TASK) if spec.classes == "clip_synthetic" else None
-    return _with_label(ds, label_key)
+
+
+def add_template_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--templates",
+        default=None,
+        help="prompt templates: the dataset's own (default), 'openai' (80) or 'simple' (7) for ImageNet "
+        "sets, or a JSON file holding a list of templates with '{}'",
+    )
+
+
+def choose_templates(arg: str | None, spec: DatasetSpec, default: list[str]) -> list[str]:
+    """The templates named by --templates for a dataset whose own templates are `default`."""
+    if arg is None:
+        return default
+    if arg in ("openai", "simple"):
+        if spec.classes != "imagenet":
+            raise SystemExit(f"--templates {arg} is an ImageNet template set; {spec.name} has its own")
+        return imagenet_templates(arg)
+    path = Path(arg)
+    if not path.is_file():
+        raise SystemExit(f"--templates must be openai, simple or a JSON file; {arg!r} is none of these")
+    templates = json.loads(path.read_text())
+    if not (isinstance(templates, list) and templates and all("{}" in t for t in templates)):
+        raise SystemExit(f"{arg} must hold a non-empty JSON list of templates, each with '{{}}'")
+    return templates
 
 
 def write_result(

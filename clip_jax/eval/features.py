@@ -123,6 +123,20 @@ def encode_in_batches(encoder: Encoder, x: np.ndarray, batch_size: int) -> np.nd
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
+def trim_tokens(tokens: np.ndarray, multiple: int = 16) -> np.ndarray:
+    """Drop the padding columns after the last end-of-text token (rounded up to `multiple` columns).
+
+    The text tower is causal and pools at the EOT token (the largest id), so columns after every row's EOT
+    cannot change the features; prompts are far shorter than the 77-token context, so this saves most of
+    the text tower's work. The rounding keeps the number of distinct shapes (compilations) small.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.size == 0:
+        return tokens
+    used = int(tokens.argmax(axis=-1).max()) + 1
+    return tokens[..., : min(tokens.shape[-1], -(-used // multiple) * multiple)]
+
+
 def gather_processes(x: np.ndarray) -> np.ndarray:
     """Concatenate a per-process array over processes (identity with one process)."""
     if jax.process_count() == 1:

@@ -1,8 +1,9 @@
 """Zero-shot image-text retrieval: recall@1/5/10 in both directions, several captions per image.
 
-Batches are dicts with "image" [b, S, S, 3], "mask" [b] and the captions of each image, either as strings
-("captions", "caption" or "texts": [b, K] with empty strings for missing ones, or a list of lists) or as
-tokens ("tokens": int [b, K, L], all-zero rows for missing ones).
+Batches are dicts with "image" [b, S, S, 3], "mask" [b] and the captions of each image, either as tokens
+("text" or "tokens": int [b, K, L], with "text_mask" bool [b, K] or all-zero rows marking missing ones; what
+`clip_jax.data.make_retrieval_dataset` yields) or as strings ("captions", "caption" or "texts": [b, K] with
+empty strings for missing ones, or a list of lists).
 
     python -m clip_jax.eval.retrieval --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
         --dataset coco_captions --split test --data-dir ~/tensorflow_datasets --output coco.json
@@ -32,10 +33,15 @@ def batch_tokens(
     batch: F.Batch, tokenize: Callable[[list[str]], np.ndarray], max_captions: int, context_length: int
 ) -> np.ndarray:
     """Captions of a batch as int32 [b, max_captions, L]; missing captions are all-zero rows."""
-    if "tokens" in batch:
-        tok = np.asarray(batch["tokens"], np.int32)
+    for key in ("text", "tokens"):
+        if key not in batch:
+            continue
+        tok = np.asarray(batch[key], np.int32)
         if tok.ndim == 2:
             tok = tok[:, None]
+        if "text_mask" in batch:
+            # Tokenized empty strings are not all-zero (they hold SOT/EOT): text_mask says which are real.
+            tok = np.where(np.asarray(batch["text_mask"], bool)[..., None], tok, 0)
         out = np.zeros((tok.shape[0], max_captions, tok.shape[2]), np.int32)
         out[:, : min(max_captions, tok.shape[1])] = tok[:, :max_captions]
         return out
@@ -88,7 +94,7 @@ def retrieval_eval(
     if not present.any(axis=1).all():
         raise ValueError(f"{int((~present.any(axis=1)).sum())} images have no caption")
     text_to_image = np.nonzero(present)[0]
-    flat = tokens[present]
+    flat = F.trim_tokens(tokens[present])
     text_feats = F.encode_in_batches(F.text_encoder(model, params, mesh=mesh), flat, text_batch_size)
     metrics = retrieval_metrics(image_feats, text_feats, text_to_image, ks)
     metrics.update(num_images=int(image_feats.shape[0]), num_captions=int(flat.shape[0]))

@@ -71,11 +71,15 @@ def objectnet_dataset(
 ) -> Iterator[dict[str, np.ndarray]]:
     """ObjectNet batches {"image", "label" (0..112, in objectnet.json's order), "mask"} from a local folder.
 
-    Each process reads every process_count-th file; all processes yield the same number of batches, the
-    last ones padded with mask 0.
+    `batch_size` is global, as in `clip_jax.data.make_eval_dataset`: each process reads every
+    process_count-th file into batches of batch_size / process_count; all processes yield the same number
+    of batches, the last ones padded with mask 0.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
+    batch_size //= process_count
     files = objectnet_files(root)
     mine = files[process_index::process_count]
     per_process = math.ceil(len(files) / process_count)
@@ -235,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         default=",".join(("imagenet1k",) + metadata.IMAGENET_SHIFTS),
         help="comma-separated; the first is the reference. ObjectNet needs --objectnet-dir",
     )
-    parser.add_argument("--templates", default="openai", help="openai (80) or simple (7)")
+    cli.add_template_arg(parser)
     parser.add_argument("--classifier-cache", default=None)
     parser.add_argument("--plot", default=None, help="PNG path for the effective-robustness plot")
     parser.add_argument("--published", default=str(default_published_path()))
@@ -248,8 +252,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         names.remove("objectnet")
     specs = [metadata.get_dataset(n) for n in names]
     classnames, templates = metadata.classnames_and_templates(specs[0].name, args.task)
-    if specs[0].classes == "imagenet":
-        templates = metadata.imagenet_templates(args.templates)
+    templates = cli.choose_templates(args.templates, specs[0], templates)
     classifier = build_zeroshot_classifier(
         model,
         params,

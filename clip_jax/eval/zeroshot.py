@@ -76,7 +76,7 @@ def build_zeroshot_classifier(
             return np.load(cache_path)
     tokenizer = tokenizer or _default_tokenizer(model.cfg.text.context_length)
     texts = [t.format(c) for c in classnames for t in templates]
-    tokens = np.asarray(tokenizer(texts), np.int32)
+    tokens = F.trim_tokens(np.asarray(tokenizer(texts), np.int32))
     encoder = F.text_encoder(model, params, normalize=True, mesh=mesh)
     chunks = range(0, len(texts), batch_size)
     if progress and jax.process_index() == 0:
@@ -158,7 +158,8 @@ def evaluate_logits(
         if head.groups is not None:
             logits = collapse_logits(logits, head.groups)
         if head.label_map is not None:
-            labels = head.label_map[labels]
+            # Padding rows may carry label -1; they stay -1 (and masked) instead of wrapping around.
+            labels = np.where(labels >= 0, head.label_map[np.clip(labels, 0, None)], -1)
             outside = mask & (labels < 0)
             dropped += int(outside.sum())
             mask = mask & ~outside
@@ -223,17 +224,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cli.add_common_args(parser)
     parser.add_argument("--dataset", required=True, help="CLIP_benchmark or TFDS name, e.g. imagenet1k")
     parser.add_argument("--split", default=None, help="dataset split (default: the dataset's test split)")
-    parser.add_argument(
-        "--templates", default="openai", help="ImageNet template set: openai (80) or simple (7)"
-    )
+    cli.add_template_arg(parser)
     parser.add_argument("--classifier-cache", default=None, help="folder caching classifier weights")
     args = parser.parse_args(argv)
 
     model, params, ident = cli.load_model(args)
     spec = metadata.get_dataset(args.dataset)
-    classnames, templates = metadata.classnames_and_templates(spec.name)
-    if spec.classes == "imagenet":
-        templates = metadata.imagenet_templates(args.templates)
+    classnames, templates = metadata.classnames_and_templates(spec.name, args.task)
+    templates = cli.choose_templates(args.templates, spec, templates)
     dataset = cli.make_dataset(spec, args, model)
     metrics = zeroshot_eval(
         model,

@@ -118,10 +118,13 @@ IMAGENET_SHIFTS = ("imagenetv2", "imagenet-r", "imagenet_sketch", "objectnet", "
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """Look a dataset up by its CLIP_benchmark name or its TFDS name."""
+    """Look a dataset up by its CLIP_benchmark name or its TFDS name (with an optional '/config')."""
     if name in DATASETS:
         return DATASETS[name]
+    base = name.split("/")[0]
     for spec in DATASETS.values():
         if spec.tfds_name == name:
             return spec
+        if spec.tfds_name == base:
+            return dataclasses.replace(spec, tfds_name=name)
     raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
