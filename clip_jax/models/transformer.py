@@ -73,9 +73,43 @@ class Attention(nn.Module):
         qkv = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
         qkv = nn.with_logical_constraint(qkv, ("act_batch", "act_len", None, "act_heads", None))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=self.attention_impl)
+        out = attention(q, k, v, causal=self.causal, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         return AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str | None
+) -> jax.Array:
+    """Scaled dot-product attention over [B, L, H, D].
+
+    cuDNN's fused kernel rejects odd sequence lengths in training (ViT-B/16 has 197 tokens, the text
+    tower 77), so for it the sequence is padded to a multiple of 8 and the padding masked out through
+    the kernel's sequence-length arguments; the result equals unpadded attention.
+    """
+    if implementation == "cudnn" and q.shape[1] % 8:
+        return padded_attention(q, k, v, causal=causal, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+
+
+def padded_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str | None, multiple: int = 8
+) -> jax.Array:
+    """Attention with the sequence padded to `multiple` and the padding masked by sequence lengths."""
+    length = q.shape[1]
+    widths = ((0, 0), (0, -length % multiple), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+    lengths = jnp.full((q.shape[0],), length, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        is_causal=causal,
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :length]
 
 
 class QKVProjection(nn.Module):
