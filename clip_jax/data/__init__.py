@@ -6,6 +6,15 @@
 - `prepare_synthetic`, `zeroshot_tasks`: the embedded `clip_synthetic` dataset (synthetic.py).
 """
 
+import tensorflow as _tf
+
+# tf.data runs on the host. Hide accelerators from tensorflow, so that a GPU build of it does not claim
+# the device memory JAX needs (a no-op with tensorflow-cpu; too late once TF has initialised its devices).
+try:
+    _tf.config.set_visible_devices([], "GPU")
+except RuntimeError:
+    pass
+
 from clip_jax.data.image_label import EvalDatasetInfo, dataset_info, make_eval_dataset
 from clip_jax.data.image_text import DATA_CONFIG_DEFAULTS, SOURCES, data_config, default_data_config
 from clip_jax.data.iterator import TrainIterator, make_train_iterator

@@ -107,6 +107,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._epoch_skipped = 0
         self._epoch_batches = 0
         self._iterator: Iterator | None = None
+        self._pulled: tf.Variable | None = None  # records read by the current epoch's pipeline
+        self._epoch_start = 0  # position the current epoch's pipeline started from
+        self._tail_examples = 0  # examples in the epoch's incomplete last batch (dropped)
 
     # -- position -------------------------------------------------------------------------------------------
 
