@@ -14,8 +14,8 @@ backward, AdamW from `clip_jax.optim.make_optimizer`, logit-scale clamp) around
 `CLIP(cfg, dtype=bfloat16, param_dtype=float32, scan=..., remat_policy=..., attention_impl=...)`, jitted
 with the train state donated. Batches are synthetic (random normal images, random token ids ending in
 EOT), created once on the device. Attention defaults to cuDNN's fused kernel with the sequences padded
-to a multiple of 8 (`--attention cudnn_padded`; jax's cuDNN path rejects the odd lengths 197 and 77 in
-training, so plain `--attention cudnn` fails on ViT-B-16 until the model pads). Compile time (trace +
+to a multiple of 8 by the model itself (jax's cuDNN path rejects the odd lengths 197 and 77 in training;
+`clip_jax.models.transformer.padded_attention`). Compile time (trace +
 lower + XLA compile, autotuning included) is reported apart from the step time, which is the median
 over the timed steps after warm-up, each step waited for with `block_until_ready`.
 
@@ -120,42 +120,6 @@ def peak_flops(device_kind: str) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def install_padded_cudnn_attention(multiple: int) -> None:
-    """EXPERIMENT, not the project's code path: make `jax.nn.dot_product_attention` pad to `multiple`.
-
-    jax's cuDNN attention refuses odd sequence lengths in training (ViT-B-16 has 197 tokens, the text
-    tower 77). Padding q, k, v along the sequence and passing the true lengths (cuDNN's padding mask,
-    combined with the causal mask where asked) lets the fused kernel run; the padded rows are dropped.
-    Installed process-wide so that the unchanged model code picks it up; it measures the fix proposed
-    for `clip_jax/models/transformer.py` (Attention) before anyone edits that file.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    original = jax.nn.dot_product_attention
-
-    def padded(query, key, value, *args, implementation=None, **kwargs):
-        length = query.shape[1]
-        pad = (-length) % multiple
-        if args or key.shape[1] != length or pad == 0:
-            return original(query, key, value, *args, implementation="cudnn", **kwargs)
-        widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-        q, k, v = (jnp.pad(a, widths) for a in (query, key, value))
-        lengths = jnp.full((query.shape[0],), length, jnp.int32)
-        out = original(
-            q,
-            k,
-            v,
-            query_seq_lengths=lengths,
-            key_value_seq_lengths=lengths,
-            implementation="cudnn",
-            **kwargs,
-        )
-        return out[:, :length]
-
-    jax.nn.dot_product_attention = padded
-
-
 def install_custom_vjp_layernorm() -> None:
     """EXPERIMENT, not the project's code path: LayerNorm with a hand-written backward pass.
 
@@ -233,12 +197,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.attention == "auto":
         # The model's plain "cudnn" fails on ViT-B-16's odd sequence lengths (see the experiment), and
         # "xla" was 1.4x slower on the H100 (benchmarks/RESULTS_GPU.md).
-        args.attention = "cudnn_padded" if device.platform == "gpu" else "xla"
+        args.attention = "cudnn" if device.platform == "gpu" else "xla"
     impl = args.attention
     if args.ln == "custom_vjp":
         install_custom_vjp_layernorm()
     if args.attention == "cudnn_padded":
-        install_padded_cudnn_attention(args.pad_multiple)
+        # Alias kept so the commands recorded in RESULTS_GPU.md still run: the model itself now pads odd
+        # sequence lengths for cuDNN (clip_jax.models.transformer.padded_attention).
         impl = "cudnn"
     dtype = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}[args.dtype]
     model = CLIP(
@@ -443,8 +408,6 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
             str(args.steps),
             "--warmup",
             str(args.warmup),
-            "--pad-multiple",
-            str(args.pad_multiple),
             "--ln",
             variant["ln"],
         ]
@@ -535,8 +498,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attention",
         choices=("auto", "xla", "cudnn", "cudnn_padded"),
         default="auto",
-        help="jax.nn.dot_product_attention implementation; auto = cudnn_padded on GPUs, else xla; "
-        "cudnn_padded = cudnn with sequences padded to --pad-multiple, see install_padded_cudnn_attention",
+        help="jax.nn.dot_product_attention implementation; auto = cudnn on GPUs, else xla "
+        "(the model pads odd sequence lengths for cudnn); cudnn_padded is an alias of cudnn",
     )
     p.add_argument(
         "--ln",
@@ -544,7 +507,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="model",
         help="model = the project's LayerNorm; custom_vjp = experiment, see install_custom_vjp_layernorm",
     )
-    p.add_argument("--pad-multiple", type=int, default=8, help="sequence padding for cudnn_padded")
     p.add_argument("--remat", choices=REMAT_CHOICES, default="none")
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=False, help="nn.scan the layers")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the peak bf16 TFLOP/s table")
@@ -559,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("sweep (each variant in its own process)")
     g.add_argument("--sweep", action="store_true")
     g.add_argument("--sweep-batch", default="512,1024")
-    g.add_argument("--sweep-attention", default="xla,cudnn_padded")
+    g.add_argument("--sweep-attention", default="xla,cudnn")
     g.add_argument("--sweep-remat", default="none")
     g.add_argument("--sweep-scan", default="0", help="comma list of 0/1")
     g.add_argument("--sweep-xla", default="default", help=f"comma list of {sorted(XLA_FLAG_SETS)}")
