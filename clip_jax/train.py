@@ -121,7 +121,7 @@ def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
     start = ckpt.latest_step()
     if start is not None:
         state, data_state = ckpt.restore(start, abstract_like(abstract_state, state_shardings))
-        data_iter.set_state(data_state)
+        data_iter.set_state(_own_data_state(data_state))
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
         params = _initial_params(config, model, init_params, param_rng, param_shardings)
@@ -171,6 +171,29 @@ def _initial_params(config, model, init_params, rng, param_shardings):
     return jax.device_put(params, param_shardings)
 
 
+def _all_data_states(data_iter) -> dict:
+    """Every process's input position, so each can resume its own slice (process 0 writes the JSON)."""
+    own = json.dumps(data_iter.get_state()).encode()
+    if jax.process_count() == 1:
+        return {"processes": [json.loads(own)]}
+    from jax.experimental import multihost_utils
+
+    size = int(np.max(multihost_utils.process_allgather(np.array([len(own)]))))
+    padded = np.frombuffer(own.ljust(size, b" "), np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), size)
+    return {"processes": [json.loads(bytes(r).decode()) for r in rows]}
+
+
+def _own_data_state(saved: dict) -> dict:
+    states = saved.get("processes")
+    if states is None or len(states) != jax.process_count():
+        raise ValueError(
+            f"the checkpoint's data positions are for {len(states or [])} processes but this run has "
+            f"{jax.process_count()}; resume with the same number of processes"
+        )
+    return states[jax.process_index()]
+
+
 def _batch_devices(mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
 
@@ -201,6 +224,7 @@ class TrainLoop:
         self.config, self.workdir, self.is_main = config, workdir, is_main
         self.ckpt, self.model, self.data_iter = ckpt, model, data_iter
         self.preempted = False
+        self.evaluator = None  # built at the first evaluation
         self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
         self.tb = None
@@ -241,14 +265,19 @@ class TrainLoop:
                 ips = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_step = now, step
                 self._log(step, jax.device_get(metrics), ips, bar)
-            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
+            if (
+                config.eval.zeroshot
+                and config.eval_every
+                and step % config.eval_every == 0
+                and step < config.total_steps
+            ):
                 self._evaluate(step, state)
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 self._check_finite(*pending)
-                self.ckpt.save(step, state, self.data_iter.get_state())
+                self.ckpt.save(step, state, _all_data_states(self.data_iter))
         if self.preempted and step < config.total_steps:
             self._check_finite(*pending) if pending else None
-            self.ckpt.save(step, state, self.data_iter.get_state(), force=True)
+            self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
             log.warning("preempted at step %d; checkpoint saved", step)
         elif config.eval.zeroshot:
             self._evaluate(step, state)
@@ -276,9 +305,14 @@ class TrainLoop:
                 self.tb.add_scalar(f"train/{k}", v, step)
 
     def _evaluate(self, step: int, state: TrainState) -> None:
-        from clip_jax.train_eval import evaluate_zeroshot_tasks
+        if self.evaluator is None:
+            from clip_jax.train_eval import ZeroShotEvaluator
 
-        results = evaluate_zeroshot_tasks(self.config.eval.zeroshot, self.model, state.params)
+            tasks = [dict(t) for t in self.config.eval.zeroshot]
+            self.evaluator = ZeroShotEvaluator(
+                tasks, self.model, default_data_dir=self.config.data.get("data_dir")
+            )
+        results = self.evaluator(state.params)
         if not self.is_main:
             return
         record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
