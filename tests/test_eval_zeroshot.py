@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from clip_jax.eval import zeroshot
+from clip_jax.eval.cli import random_params
 from clip_jax.eval.metrics import ClassificationMeter, classification_metrics
-from clip_jax.models import CLIP, get_model_config, init_params
+from clip_jax.models import CLIP, get_model_config
 
 CLASSNAMES = ["red square", "blue circle", "green triangle", "yellow star", "tiny dog", "large cat"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{}", "itap of a {}."]
@@ -15,10 +16,8 @@ TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{}", "itap of a {}."]
 
 @pytest.fixture(scope="module")
 def tiny():
-    import jax
-
     model = CLIP(get_model_config("tiny"))
-    return model, init_params(model, jax.random.key(0))
+    return model, random_params(model, seed=0)
 
 
 def test_classifier_matches_open_clip(tmp_path):

@@ -84,7 +84,7 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         if args.model is None:
             raise SystemExit("pass --weights/--checkpoint, or --model for a randomly initialised model")
         model = CLIP(get_model_config(args.model))
-        params = init_params(model, jax.random.key(args.seed))
+        params = random_params(model, args.seed)
         tag = args.pretrained or "random"
         return model, params, ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}")
     from clip_jax.weights import params_io
@@ -102,6 +102,28 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
     name = args.model or _config_name(model)
     tag = args.pretrained or Path(source).stem
     return model, params, ModelIdent(name, tag, _file_id(source) if Path(source).is_file() else str(source))
+
+
+def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
+    """Random params for smoke tests, drawn with numpy in the shapes of `init_params`.
+
+    Not CLIP's initialisation (LayerNorm scales are 1, biases 0, everything else N(0, std^2)), but built
+    without compiling the model's init, which takes a minute on a small CPU even for the tiny model.
+    """
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name.endswith("['bias']"):
+            return np.zeros(leaf.shape, leaf.dtype)
+        if name.endswith("['logit_scale']"):
+            return np.full(leaf.shape, np.log(1 / 0.07), leaf.dtype)
+        return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _config_name(model: CLIP) -> str:

@@ -9,6 +9,7 @@ results are gathered so that every process sees all real examples once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,19 +40,32 @@ def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((extra,) + x.shape[1:], x.dtype)])
 
 
-class Encoder:
-    """Runs a jitted function of (params, batch array, *extras) with the batch split over devices.
+@functools.cache
+def _jitted(fn: Callable[..., jax.Array], mesh: jax.sharding.Mesh | None, static: tuple) -> Callable:
+    """One jitted function per (function, mesh, static arguments such as the model), so that building a
+    new Encoder for the same model (e.g. one classifier per dataset) does not compile again."""
+    f = functools.partial(fn, **dict(static))
+    if mesh is None:
+        return jax.jit(f)
+    from clip_jax.sharding import batch_sharding
 
-    Pads the batch to a multiple of the local device count, places it on the mesh, runs, gathers the result
-    to the host and drops the padding rows again.
+    return jax.jit(f, out_shardings=batch_sharding(mesh))
+
+
+class Encoder:
+    """Runs `fn(params, batch array, *extras, **static)`, jitted, with the batch split over devices.
+
+    `fn` is a module-level function and `static` its hashable keyword arguments (the model, flags). The
+    batch is padded to a multiple of the local device count, placed on the mesh, and the result gathered
+    to the host with the padding rows dropped again.
     """
 
     def __init__(
-        self, fn: Callable[..., jax.Array], params: Any, mesh: jax.sharding.Mesh | None = None
+        self, fn: Callable[..., jax.Array], params: Any, mesh: jax.sharding.Mesh | None = None, **static: Any
     ) -> None:
         self.mesh = mesh
+        self._fn = _jitted(fn, mesh, tuple(sorted(static.items())))
         if mesh is None:
-            self._fn = jax.jit(fn)
             self.params = params
             return
         from clip_jax.sharding import batch_sharding, replicated
@@ -67,7 +81,6 @@ class Encoder:
             ),
             params,
         )
-        self._fn = jax.jit(fn, out_shardings=self._batch_sharding)
 
     def __call__(self, x: np.ndarray, *extras: Any) -> np.ndarray:
         n = x.shape[0]
@@ -89,28 +102,28 @@ class Encoder:
         return np.asarray(local)[:n]
 
 
+def _image_features(p: Any, images: jax.Array, *, model: CLIP, normalize: bool) -> jax.Array:
+    f = model.apply({"params": p}, images, method=CLIP.encode_image)
+    return l2_normalize(f) if normalize else f.astype(jnp.float32)
+
+
+def _text_features(p: Any, tokens: jax.Array, *, model: CLIP, normalize: bool) -> jax.Array:
+    f = model.apply({"params": p}, tokens, method=CLIP.encode_text)
+    return l2_normalize(f) if normalize else f.astype(jnp.float32)
+
+
 def image_encoder(
     model: CLIP, params: Any, *, normalize: bool = True, mesh: jax.sharding.Mesh | None = None
 ) -> Encoder:
     """images [b, S, S, 3] -> float32 image features [b, D] (L2-normalised unless normalize=False)."""
-
-    def fn(p, images):
-        f = model.apply({"params": p}, images, method=CLIP.encode_image)
-        return l2_normalize(f) if normalize else f.astype(jnp.float32)
-
-    return Encoder(fn, params, mesh)
+    return Encoder(_image_features, params, mesh, model=model, normalize=normalize)
 
 
 def text_encoder(
     model: CLIP, params: Any, *, normalize: bool = True, mesh: jax.sharding.Mesh | None = None
 ) -> Encoder:
     """tokens int [b, L] -> float32 text features [b, D] (L2-normalised unless normalize=False)."""
-
-    def fn(p, tokens):
-        f = model.apply({"params": p}, tokens, method=CLIP.encode_text)
-        return l2_normalize(f) if normalize else f.astype(jnp.float32)
-
-    return Encoder(fn, params, mesh)
+    return Encoder(_text_features, params, mesh, model=model, normalize=normalize)
 
 
 def encode_in_batches(encoder: Encoder, x: np.ndarray, batch_size: int) -> np.ndarray:

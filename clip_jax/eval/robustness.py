@@ -160,13 +160,17 @@ def robustness_eval(
 def published_points(path: str | Path, task: str = "zeroshot") -> list[dict[str, Any]]:
     """Effective-robustness points (ImageNet acc, mean shift acc; fractions) from published_clip_numbers.json.
 
-    A model contributes a point only if its ImageNet number and all five shift numbers are published.
+    CLIP models contribute their `task` numbers, baselines their supervised ones; a model contributes a
+    point only if its ImageNet number and all five shift numbers are published.
     """
     data = json.loads(Path(path).read_text())
     points = []
-    for group, kind in (("models", "CLIP (paper)"), ("baselines", "ImageNet model (paper)")):
+    for group, key, kind in (
+        ("models", task, "CLIP (paper)"),
+        ("baselines", "supervised", "ImageNet model (paper)"),
+    ):
         for label, entry in data.get(group, {}).items():
-            numbers = entry.get(task) or {}
+            numbers = entry.get(key) or {}
             values = [numbers.get(k) for k in metadata.IMAGENET_SHIFTS]
             if numbers.get("imagenet1k") is None or any(v is None for v in values):
                 continue

@@ -129,14 +129,14 @@ def head_for(name: str | None, num_classes: int = 1000) -> Head:
     raise ValueError(f"unknown head {name!r}")
 
 
+def _zeroshot_logits(p: Any, images: jax.Array, classifier: jax.Array, *, model: CLIP) -> jax.Array:
+    f = l2_normalize(model.apply({"params": p}, images, method=CLIP.encode_image))
+    return 100.0 * f @ classifier
+
+
 def logits_encoder(model: CLIP, params: Any, mesh: jax.sharding.Mesh | None = None) -> F.Encoder:
     """(images [b,S,S,3], classifier [D,C]) -> logits [b, C] = 100 * normalised image features @ classifier."""
-
-    def fn(p, images, classifier):
-        f = l2_normalize(model.apply({"params": p}, images, method=CLIP.encode_image))
-        return 100.0 * f @ classifier
-
-    return F.Encoder(fn, params, mesh)
+    return F.Encoder(_zeroshot_logits, params, mesh, model=model)
 
 
 def evaluate_logits(
