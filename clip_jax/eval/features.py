@@ -194,6 +194,7 @@ def extract_image_features(
 
     Every process returns the features of all processes' examples.
     """
+    mesh = default_mesh() if mesh is None else mesh
     encoder = image_encoder(model, params, normalize=normalize, mesh=mesh)
     feats, labels = [], []
     for batch in iterate_batches(dataset, max_batches, progress):
