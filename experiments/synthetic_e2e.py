@@ -1,0 +1,200 @@
+"""The main job: build the synthetic dataset, train a tiny CLIP on it, evaluate before and after training.
+
+    python experiments/synthetic_e2e.py --workdir runs/synthetic_tiny [--update-readme]
+
+Evaluations (each on the randomly initialised model and on the trained one, same config):
+  zero-shot shape/colour classification on `test` (prompt templates never seen in training captions),
+  on `heldout` (shape-colour combinations never seen in training), on the shifted renderings
+  (sketch, new_background, noise, new_texture; the ImageNet-Sketch/-R role), a linear probe (logistic
+  regression on frozen image features of `train`, scored on `test`), and image-text retrieval on `test`.
+Writes CLIP_benchmark-style records to WORKDIR/results.json and the table to WORKDIR/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHIFTS = ("sketch", "new_background", "noise", "new_texture")
+TASKS = ("shape", "color")
+README_MARKERS = ("<!-- main-job-results:start -->", "<!-- main-job-results:end -->")
+
+
+def load_config(workdir: str, data_dir: str, steps: int | None):
+    spec = importlib.util.spec_from_file_location("synthetic_tiny", REPO / "configs" / "synthetic_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.data_dir = data_dir
+    if steps is not None:
+        config.total_steps = steps
+    return config
+
+
+def evaluate(model, params, data_dir: str, batch_size: int = 250) -> dict[str, dict]:
+    """All evaluations of one set of params: {row name: {"value": ..., "chance": ..., "record": ...}}."""
+    from clip_jax.data import make_eval_dataset, make_retrieval_dataset, zeroshot_tasks
+    from clip_jax.eval.features import extract_image_features
+    from clip_jax.eval.linear_probe import linear_probe
+    from clip_jax.eval.retrieval import retrieval_eval
+    from clip_jax.eval.robustness import robustness_eval
+
+    size = model.cfg.vision.image_size
+    rows: dict[str, dict] = {}
+
+    def dataset(split: str, label: str):
+        return make_eval_dataset(
+            "clip_synthetic",
+            split,
+            batch_size=batch_size,
+            image_size=size,
+            data_dir=data_dir,
+            label_key=label,
+        )
+
+    for task in TASKS:
+        classnames, templates = zeroshot_tasks()[task]
+        chance = 1.0 / len(classnames)
+        sets = [(split, dataset(split, task)) for split in ("test", "heldout", *SHIFTS)]
+        res = robustness_eval(
+            model, params, sets, classnames=classnames, templates=templates, reference="test"
+        )
+        for split, metrics in res["datasets"].items():
+            rows[f"zero-shot {task}, {split}"] = {
+                "value": metrics["acc1"],
+                "chance": chance,
+                "metrics": metrics,
+            }
+        shift_mean = float(np.mean([res["datasets"][s]["acc1"] for s in SHIFTS]))
+        rows[f"zero-shot {task}, mean of shifts"] = {"value": shift_mean, "chance": chance, "metrics": {}}
+
+        # 2,000 training images (8 batches) are plenty for 8 classes and keep the job short.
+        train_x, train_y = extract_image_features(model, params, dataset("train", task), max_batches=8)
+        test_x, test_y = extract_image_features(model, params, dataset("test", task))
+        probe = linear_probe(train_x, train_y, test_x, test_y, num_classes=len(classnames))
+        rows[f"linear probe {task}, test"] = {"value": probe["acc1"], "chance": chance, "metrics": probe}
+
+    retrieval = make_retrieval_dataset(
+        "clip_synthetic",
+        "test",
+        batch_size=batch_size,
+        image_size=size,
+        context_length=model.cfg.text.context_length,
+        data_dir=data_dir,
+    )
+    ret = retrieval_eval(model, params, retrieval)
+    num_images = 1000  # the test split's size; chance of recall@1 for image->text is 1 / #images
+    rows["retrieval text->image R@1, test"] = {
+        "value": ret["image_retrieval_recall@1"],
+        "chance": 1.0 / num_images,
+        "metrics": ret,
+    }
+    rows["retrieval image->text R@1, test"] = {
+        "value": ret["text_retrieval_recall@1"],
+        "chance": None,
+        "metrics": ret,
+    }
+    return rows
+
+
+def markdown_table(init: dict, trained: dict, info: str) -> str:
+    lines = [
+        "| evaluation | chance | at init | trained |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, row in trained.items():
+        chance = "-" if row["chance"] is None else f"{100 * row['chance']:.1f}"
+        lines.append(f"| {name} | {chance} | {100 * init[name]['value']:.1f} | {100 * row['value']:.1f} |")
+    return "\n".join(lines) + f"\n\nAccuracies and recalls in %. {info}\n"
+
+
+def records(rows: dict, model_name: str, pretrained: str) -> list[dict]:
+    from clip_jax.eval.results import make_record
+
+    out = []
+    for name, row in rows.items():
+        if not row["metrics"]:
+            continue
+        task = "linear_probe" if name.startswith("linear") else "zeroshot_classification"
+        if name.startswith("retrieval"):
+            if "image->text" in name:
+                continue  # the same record as text->image
+            task = "zeroshot_retrieval"
+        split = name.split(", ")[-1]
+        label = None if task == "zeroshot_retrieval" else name.split(",")[0].split()[-1]
+        metrics = {k: v for k, v in row["metrics"].items() if isinstance(v, (int, float))}
+        out.append(make_record(f"clip_synthetic/{split}", model_name, pretrained, task, metrics, label=label))
+    return out
+
+
+def update_readme(table: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    start, end = README_MARKERS
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no {start} ... {end} block to update")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{table}{end}", text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "synthetic_tiny"))
+    parser.add_argument("--data-dir", default=str(REPO / "runs" / "tensorflow_datasets"))
+    parser.add_argument("--steps", type=int, default=None, help="override config.total_steps")
+    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    args = parser.parse_args(argv)
+
+    from clip_jax.config_utils import resolve_model_config
+    from clip_jax.data import prepare_synthetic
+    from clip_jax.models import CLIP, init_params
+    from clip_jax.train import train
+
+    t0 = time.perf_counter()
+    print(f"[1/4] building the synthetic dataset in {args.data_dir}", flush=True)
+    prepare_synthetic(args.data_dir)
+    config = load_config(args.workdir, args.data_dir, args.steps)
+    model = CLIP(resolve_model_config(config.model))
+
+    print("[2/4] evaluating the randomly initialised model", flush=True)
+    init = evaluate(model, init_params(model, jax.random.PRNGKey(config.seed)), args.data_dir)
+
+    print(f"[3/4] training for {config.total_steps} steps (workdir {args.workdir})", flush=True)
+    t_train = time.perf_counter()
+    state = train(config, args.workdir)
+    t_train = time.perf_counter() - t_train
+    params = jax.device_get(state.params)
+
+    print("[4/4] evaluating the trained model", flush=True)
+    trained = evaluate(model, params, args.data_dir)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    info = (
+        f"Tiny CLIP ({n_params / 1e6:.2f}M params, configs/synthetic_tiny.py), {config.total_steps} steps "
+        f"of batch {config.batch_size} from scratch ({t_train:.0f} s of training; whole job "
+        f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)."
+    )
+    table = markdown_table(init, trained, info)
+    print("\n" + table)
+    workdir = Path(args.workdir)
+    (workdir / "results.md").write_text(table)
+    all_records = records(init, "synthetic_tiny", "init") + records(trained, "synthetic_tiny", "trained")
+    (workdir / "results.json").write_text(json.dumps(all_records, indent=2) + "\n")
+    if args.update_readme:
+        update_readme(table)
+    test_shape = trained["zero-shot shape, test"]
+    if test_shape["value"] < 3 * test_shape["chance"]:
+        print("WARNING: zero-shot shape accuracy is below 3x chance", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
