@@ -92,13 +92,15 @@ def test_robustness_eval_on_named_splits():
     rng = np.random.default_rng(0)
 
     def ds(n):
-        return [{"image": rng.normal(size=(n, 32, 32, 3)).astype(np.float32), "label": rng.integers(0, 3, n)}]
+        # Batches of 8 with padding rows and six classes, as in test_eval_zeroshot: one compilation.
+        images = rng.normal(size=(8, 32, 32, 3)).astype(np.float32)
+        return [{"image": images, "label": rng.integers(0, 6, 8), "mask": np.arange(8) < n}]
 
     report = robustness.robustness_eval(
         model,
         params,
         [("test", ds(8)), ("sketch", ds(6)), ("noise", ds(4))],
-        classnames=["circle", "square", "star"],
+        classnames=["circle", "square", "star", "heart", "cross", "ring"],
         templates=["a {} shape."],
     )
     per = report["datasets"]
