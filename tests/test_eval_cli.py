@@ -178,3 +178,34 @@ def test_reproduce_clip_on_mock_imagenet(tmp_path):
     assert (out / "tables.md").exists() and (out / "tables.csv").exists()
     assert (out / "effective_robustness.png").stat().st_size > 1000
     assert len(read_records([out / "tiny-random"])) == len(records)
+
+
+def test_checkpoint_of_a_training_run_loads_its_params(tmp_path):
+    """--checkpoint WORKDIR reads the latest TrainState saved by the trainer (scanned layers unstacked)."""
+    import argparse
+
+    import jax
+    import optax
+
+    from clip_jax.checkpoint import Checkpointer
+    from clip_jax.eval import cli
+    from clip_jax.models import CLIP, get_model_config, stack_layers
+    from clip_jax.train_step import init_train_state
+
+    params = cli.random_params(CLIP(get_model_config("tiny")), seed=3)
+    state = init_train_state(
+        stack_layers(jax.tree.map(np.asarray, params)), optax.sgd(0.1), jax.random.key(0)
+    )
+    ckpt = Checkpointer(tmp_path / "checkpoints", async_save=False)
+    for step in (2, 10):
+        ckpt.save(step, state, {}, force=True)
+    ckpt.close()
+    args = argparse.Namespace(
+        model="tiny", weights=None, checkpoint=str(tmp_path), pretrained=None, quick_gelu=None
+    )
+    model, loaded, ident = cli.load_model(args)
+    assert ident.pretrained == f"{tmp_path.name}@10" and model.cfg == get_model_config("tiny")
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True)
+    )
