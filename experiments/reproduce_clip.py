@@ -44,13 +44,7 @@ def _model_args(base: argparse.Namespace, spec: str) -> argparse.Namespace:
         raise SystemExit(f"--weights takes MODEL=PATH or MODEL=random, got {spec!r}")
     args = argparse.Namespace(**vars(base))
     args.model, args.weights, args.checkpoint = name, (None if path == "random" else path), None
-    if path == "random":
-        args.pretrained = "random"
-    else:
-        from clip_jax.weights.readers import is_torchscript
-
-        # OpenAI released its weights as TorchScript archives; anything else is named by its file.
-        args.pretrained = "openai" if Path(path).is_file() and is_torchscript(path) else Path(path).stem
+    args.pretrained = "random" if path == "random" else cli.default_pretrained_tag(path)
     return args
 
 

@@ -100,8 +100,17 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
 
     model, params = load_pretrained(args.model, source, quick_gelu=args.quick_gelu)
     name = args.model or _config_name(model)
-    tag = args.pretrained or Path(source).stem
+    tag = args.pretrained or default_pretrained_tag(source)
     return model, params, ModelIdent(name, tag, _file_id(source) if Path(source).is_file() else str(source))
+
+
+def default_pretrained_tag(path: str | os.PathLike) -> str:
+    """'openai' for OpenAI's released TorchScript files (so tables match the paper's numbers), else the
+    file or folder name."""
+    from clip_jax.weights.readers import is_torchscript
+
+    p = Path(path)
+    return "openai" if p.is_file() and is_torchscript(p) else p.stem
 
 
 def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
