@@ -428,6 +428,97 @@ def to_markdown(rows: list[dict]) -> str:
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# The XLA:CPU investigation: flags, thread counts, model variants, batch sizes
+# --------------------------------------------------------------------------------------------------
+
+# XLA:CPU flag sets tried (each in its own process: XLA reads flags once). In jax 0.10 XLA:CPU sends most
+# dots to YNNPACK fusions ("ynn_fusion" in the optimized HLO); with the YNN fusion types emptied they go
+# to XLA's own dot emitter (Eigen).
+XLA_FLAG_SETS: dict[str, str] = {
+    "default": "",
+    "ynn_off": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn_dot_eltwise_reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
+    "thunk_runtime_off": "--xla_cpu_use_thunk_runtime=false",
+    "eigen_single_thread": "--xla_cpu_multi_thread_eigen=false",
+    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+}
+JSON_PREFIX = "BENCH_MODELS_JSON "
+
+
+def _subprocess_rows(args: list[str], flags: str = "", one_core: bool = False) -> list[dict]:
+    """Run this script in a child process (own XLA_FLAGS, optionally pinned to one core) and parse its rows."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--json", *args]
+    if flags:
+        cmd.append(f"--xla-flags={flags}")
+    if one_core:
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_PREFIX)]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
+    return json.loads(lines[-1][len(JSON_PREFIX) :])
+
+
+def sweep(
+    quick: bool = False, model: str = TRAIN_MODEL, batch: int | None = None, train: bool = True
+) -> list[dict]:
+    """Every setting tried to make XLA:CPU faster, each measured against open_clip in the same process.
+
+    One row per (setting, benchmark); `setting` says what differs from the default run. open_clip is the
+    same in every row except `one core`, where both sides are pinned to one core (taskset).
+    """
+    batch = batch or (4 if quick else 16)
+    repeats = 2 if quick else 5
+    common = ["--models", model, "--batch", str(batch), "--repeats", str(repeats)]
+    rows: list[dict] = []
+
+    def add(setting: str, new_rows: list[dict]) -> None:
+        for r in new_rows:
+            rows.append({**r, "setting": setting})
+            _log(rows[-1])
+
+    # Model variants of our side, in this process.
+    pair = make_pair(model)
+    for name, variant in VARIANTS.items():
+        for tower in ("image", "text"):
+            if tower == "text" and name == "patch_matmul":
+                continue  # the patch embedding is in the image tower only
+            add(f"variant {name}", [bench_inference(pair, tower, batch, repeats, variant)])
+    # Batch sizes (default variant).
+    for b in (1, 4 * batch) if not quick else (1,):
+        for tower in ("image", "text"):
+            add(f"batch {b}", [bench_inference(pair, tower, b, repeats)])
+    del pair
+    # XLA flags and thread count, each in a fresh process.
+    for name, flags in XLA_FLAG_SETS.items():
+        if name != "default":
+            add(f"XLA_FLAGS {name}", _subprocess_rows(["--only", "image,text", *common], flags))
+    add("one core (taskset -c 0)", _subprocess_rows(["--only", "image,text", *common], one_core=True))
+    if train:
+        train_batch = 8 if quick else 32
+        for v in ("default", "patch_matmul", "scan"):
+            args = ["--only", "train", "--models", model, "--train-batch", str(train_batch), "--variants", v]
+            add(f"variant {v}", _subprocess_rows([*args, "--repeats", str(max(1, repeats - 2))]))
+    return rows
+
+
+def variants_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| setting | benchmark | ratio ours/theirs | median s ours / theirs | ours compile s | torch threads |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['name']} | {r['ratio']:.2f}x | {r['ours_s']:.3f} / {r['theirs_s']:.3f} "
+            f"| {r['compile_s']:.1f} | {r['torch_threads']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 (train 8), 2 repeats")
@@ -438,7 +529,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
     parser.add_argument("--variants", default="default", help=f"comma list of {','.join(VARIANTS)}")
     parser.add_argument("--xla-flags", default=None, help="appended to XLA_FLAGS before jax starts")
+    parser.add_argument("--sweep", action="store_true", help="the XLA:CPU investigation (long)")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line as well")
     args = parser.parse_args()
+    if args.sweep:
+        print(variants_markdown(sweep(quick=args.quick)))
+        return
     rows = run(
         quick=args.quick,
         models=tuple(args.models.split(",")),
@@ -449,6 +545,10 @@ def main() -> None:
         variants=tuple(args.variants.split(",")),
     )
     print(to_markdown(rows))
+    if args.json:
+        import json
+
+        print(JSON_PREFIX + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":
