@@ -9,14 +9,15 @@
 - a 2-process x 4-device run on localhost matches the 1-process 8-device run, and only process 0
   writes metrics.
 
-Each configuration runs in its own process (tests/multidevice/train_*.py): XLA_FLAGS and
-jax.distributed must be set up before jax starts.
+Every run is a CLI run in its own process (tests/multidevice/train_cli.py): the device count and
+jax.distributed must be set before jax starts. Independent runs overlap, to use both cores.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,95 +28,24 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MESHES_SCRIPT = REPO / "tests" / "multidevice" / "train_meshes.py"
 CLI = REPO / "tests" / "multidevice" / "train_cli.py"
-TIMEOUT = 600  # seconds; several cold compiles on a loaded 2-core machine
+TIMEOUT = 900  # seconds for all runs; cold compiles of several runs at once on a loaded 2-core machine
+# The tests compare runs with each other, never with XLA's optimised code, and -O0 halves the compiles.
+XLA_FLAGS = "--xla_backend_optimization_level=0"
+CONFIG = {
+    "model": "tiny",
+    "batch_size": 16,
+    "total_steps": 3,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "lr": 1e-4,
+    "warmup_steps": 1,
+}
+MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2,fsdp=2,tensor=2": (2, 2, 2)}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-@pytest.fixture(scope="module")
-def meshes(tmp_path_factory, env) -> tuple[dict, Path]:
-    out = tmp_path_factory.mktemp("meshes")
-    proc = subprocess.run(
-        [sys.executable, str(MESHES_SCRIPT), str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((out / "results.json").read_text()), out
-
-
-def load_params(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
-def max_abs_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
-
-
-@pytest.mark.parametrize(
-    "name, shape", [("data=8", (8, 1, 1)), ("fsdp=8", (1, 8, 1)), ("data=2,fsdp=2,tensor=2", (2, 2, 2))]
-)
-def test_mesh_matches_single_device(meshes, name, shape):
-    results, _ = meshes
-    assert results["devices"] == 8
-    run = results["meshes"][name]
-    assert run["mesh"] == dict(zip(("data", "fsdp", "tensor"), shape, strict=True))
-    assert len(run["losses"]) == len(results["single_losses"]) == 3
-    np.testing.assert_allclose(run["losses"], results["single_losses"], rtol=1e-5)
-    assert run["max_abs_param_diff"] < 1e-5, run["worst_param"]
-
-
-def test_params_are_placed_by_the_logical_rules(meshes):
-    results, _ = meshes
-    data8 = results["meshes"]["data=8"]["placement"]
-    fsdp8 = results["meshes"]["fsdp=8"]["placement"]
-    mixed = results["meshes"]["data=2,fsdp=2,tensor=2"]["placement"]
-    # Pure data parallelism keeps whole copies of every parameter.
-    assert data8["all_replicated"] and not fsdp8["all_replicated"]
-    assert data8["visual/proj"]["shard_shape"] == [64, 64]
-    # FSDP splits the embed axis; tiny's widths are 64, so 8 rows per device.
-    assert fsdp8["visual/proj"]["spec"] == "PartitionSpec('fsdp', None)"
-    assert fsdp8["visual/proj"]["shard_shape"] == [8, 64]
-    assert fsdp8["visual/transformer/resblocks_0/mlp/c_fc/kernel"]["shard_shape"] == [8, 256]
-    # Tensor parallelism splits the MLP hidden axis and the heads; FSDP the embed axis.
-    c_fc = mixed["visual/transformer/resblocks_0/mlp/c_fc/kernel"]
-    assert c_fc["spec"] == "PartitionSpec('fsdp', 'tensor')" and c_fc["shard_shape"] == [32, 128]
-    c_proj = mixed["visual/transformer/resblocks_0/mlp/c_proj/kernel"]
-    assert c_proj["spec"] == "PartitionSpec('tensor', 'fsdp')" and c_proj["shard_shape"] == [128, 32]
-    assert "tensor" in mixed["text/transformer/resblocks_0/attn/qkv/kernel"]["spec"]
-    assert mixed["logit_scale"]["spec"] == "PartitionSpec()"
-
-
-def test_checkpoint_restores_onto_another_mesh_and_training_continues(meshes):
-    results, _ = meshes
-    r = results["resharded"]
-    assert r["restored_step"] == 2 and r["restored_data_state"] == {"position": 2}
-    assert r["params_differing_from_saved"] == []
-    assert r["restored_placement"] == results["meshes"]["data=2,fsdp=2,tensor=2"]["placement"]
-    # The resumed run logs only its own step 3, which sees the same batch as the uninterrupted run's.
-    assert len(r["losses"]) == 1
-    np.testing.assert_allclose(r["losses"][0], results["meshes"]["data=8"]["losses"][2], rtol=1e-5)
-    assert r["max_abs_diff_vs_data8"] < 1e-5
-    assert r["max_abs_diff_vs_222"] < 1e-5
+def mesh_flags(shape) -> list[str]:
+    return [f"--config.mesh.{axis}={n}" for axis, n in zip(("data", "fsdp", "tensor"), shape, strict=True)]
 
 
 def free_port() -> int:
@@ -124,66 +54,184 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(meshes, env, tmp_path):
-    results, out = meshes
-    address = f"127.0.0.1:{free_port()}"
-    flags = [
-        "--config=configs/default.py",
-        "--config.model=tiny",
-        "--config.batch_size=16",
-        "--config.total_steps=3",
-        "--config.lr=1e-4",
-        "--config.warmup_steps=1",
-        "--config.log_every=1",
-        "--config.mesh.data=8",
-        f"--workdir={tmp_path}",
-    ]
-    env = dict(env, JAX_NUM_CPU_DEVICES="4")
-    # Process 0 joins through the command-line flags, process 1 through the environment.
-    launches = [
-        ([f"--coordinator_address={address}", "--num_processes=2", "--process_id=0"], {}),
-        (
-            [],
-            {
-                "CLIP_JAX_COORDINATOR_ADDRESS": address,
-                "CLIP_JAX_NUM_PROCESSES": "2",
-                "CLIP_JAX_PROCESS_ID": "1",
-            },
-        ),
-    ]
-    logs = [tmp_path / f"process_{i}.log" for i in range(2)]
-    procs = []
+class Run:
+    """One CLI process; its output goes to WORKDIR/cli.log (or a named log for multi-process runs)."""
+
+    def __init__(self, workdir: Path, env: dict, flags: list[str], log_name: str = "cli.log"):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / log_name
+        cmd = [sys.executable, str(CLI), "--config=configs/default.py", f"--workdir={workdir}"]
+        cmd += [f"--config.{k}={v}" for k, v in CONFIG.items()] + flags
+        with open(self.log, "w") as f:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        assert self.proc.returncode == 0, (
+            f"{self.log} (rc {self.proc.returncode}):\n{self.log.read_text()[-4000:]}"
+        )
+
+
+def wait_all(groups: list[list[Run]], deadline: float) -> None:
+    """Wait for every run; a failed run's group (the processes of one multi-process run, which would
+    wait for it forever) is killed."""
     try:
-        for (extra_flags, extra_env), log in zip(launches, logs, strict=True):
-            with open(log, "w") as f:
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(CLI), *flags, *extra_flags],
-                        cwd=REPO,
-                        env=dict(env, **extra_env),
-                        stdout=f,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        # A process that fails leaves the other waiting for it forever: stop at the first failure.
-        deadline = time.monotonic() + TIMEOUT
-        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in procs):
-                break
+        while any(r.proc.poll() is None for g in groups for r in g) and time.monotonic() < deadline:
+            for g in groups:
+                if any(r.proc.poll() not in (None, 0) for r in g):
+                    for r in g:
+                        if r.proc.poll() is None:
+                            r.proc.kill()
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"process {i} (rc {p.returncode}):\n{log.read_text()[-4000:]}"
+        for g in groups:
+            for r in g:
+                if r.proc.poll() is None:
+                    r.proc.kill()
+                r.proc.wait()
 
-    assert (
-        max_abs_diff(load_params(tmp_path / "final_params.npz"), load_params(out / "params_data8.npz")) < 1e-5
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Run]:
+    base = tmp_path_factory.mktemp("multidevice")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        XLA_FLAGS=XLA_FLAGS,
     )
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    env8 = dict(env, XLA_FLAGS=f"{XLA_FLAGS} --xla_force_host_platform_device_count=8")
+    deadline = time.monotonic() + TIMEOUT
+
+    runs = {"single": Run(base / "single", env, [])}
+    for name, shape in MESHES.items():
+        record = {"CLIP_JAX_TEST_RECORD_SAVES": "1"} if name == "data=8" else {}
+        runs[name] = Run(base / name, dict(env8, **record), mesh_flags(shape))
+    wait_all([[r] for r in runs.values()], deadline)
+
+    # The (data=8) run's step-2 checkpoint, resumed on (2, 2, 2) for the last step.
+    resharded = base / "resharded"
+    if runs["data=8"].proc.returncode == 0:
+        shutil.copytree(base / "data=8" / "checkpoints", resharded / "checkpoints")
+        shutil.rmtree(resharded / "checkpoints" / "3")
+    runs["resharded"] = Run(resharded, env8, mesh_flags(MESHES["data=2,fsdp=2,tensor=2"]))
+
+    # 2 processes x 4 devices, mesh (data=8). Process 0 joins through the command-line flags,
+    # process 1 through the environment; both share the workdir, as orbax needs.
+    address = f"127.0.0.1:{free_port()}"
+    env4 = dict(env, JAX_NUM_CPU_DEVICES="4")
+    two = base / "two_processes"
+    runs["process_0"] = Run(
+        two,
+        env4,
+        [
+            *mesh_flags(MESHES["data=8"]),
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            "--process_id=0",
+        ],
+        "process_0.log",
+    )
+    env_1 = dict(
+        env4, CLIP_JAX_COORDINATOR_ADDRESS=address, CLIP_JAX_NUM_PROCESSES="2", CLIP_JAX_PROCESS_ID="1"
+    )
+    runs["process_1"] = Run(two, env_1, mesh_flags(MESHES["data=8"]), "process_1.log")
+    wait_all([[runs["resharded"]], [runs["process_0"], runs["process_1"]]], deadline)
+    return runs
+
+
+def load_params(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def max_abs_diff(a: dict, b: dict) -> tuple[float, str]:
+    assert a.keys() == b.keys()
+    diffs = {k: float(np.max(np.abs(a[k] - b[k]))) for k in b}
+    worst = max(diffs, key=diffs.get)
+    return diffs[worst], worst
+
+
+def losses(workdir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def placement(run: Run) -> dict:
+    return json.loads((run.workdir / "placement.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_mesh_matches_single_device(runs, name):
+    runs["single"].check()
+    runs[name].check()
+    assert placement(runs[name])["mesh"] == dict(zip(("data", "fsdp", "tensor"), MESHES[name], strict=True))
+    single, sharded = runs["single"].workdir, runs[name].workdir
+    assert len(losses(sharded)) == len(losses(single)) == CONFIG["total_steps"]
+    np.testing.assert_allclose(losses(sharded), losses(single), rtol=1e-5)
+    diff, worst = max_abs_diff(
+        load_params(sharded / "final_params.npz"), load_params(single / "final_params.npz")
+    )
+    assert diff < 1e-5, (diff, worst)
+
+
+def test_params_are_placed_by_the_logical_rules(runs):
+    for name in MESHES:
+        runs[name].check()
+    data8, fsdp8, mixed = (placement(runs[name]) for name in MESHES)
+    c_fc, c_proj = (f"visual/transformer/resblocks_0/mlp/{m}/kernel" for m in ("c_fc", "c_proj"))
+    # Pure data parallelism keeps whole copies of every parameter.
+    assert data8["all_replicated"] and data8["params"]["visual/proj"]["shard_shape"] == [64, 64]
+    # FSDP splits the embed axis; tiny's widths are 64, so 8 rows per device.
+    assert not fsdp8["all_replicated"]
+    assert fsdp8["params"]["visual/proj"] == {"spec": ["fsdp", None], "shard_shape": [8, 64]}
+    assert fsdp8["params"][c_fc]["shard_shape"] == [8, 256]
+    # Tensor parallelism splits the MLP hidden axis (256) and the attention heads; FSDP the embed axis.
+    assert mixed["params"][c_fc] == {"spec": ["fsdp", "tensor"], "shard_shape": [32, 128]}
+    assert mixed["params"][c_proj] == {"spec": ["tensor", "fsdp"], "shard_shape": [128, 32]}
+    qkv = mixed["params"]["text/transformer/resblocks_0/attn/qkv/kernel"]
+    assert "tensor" in qkv["spec"] and qkv["shard_shape"][2] == 1  # 2 heads, 1 per tensor shard
+    assert mixed["params"]["logit_scale"] == {"spec": [], "shard_shape": []}
+
+
+def test_checkpoint_restores_onto_another_mesh_and_training_continues(runs):
+    runs["data=8"].check()
+    runs["data=2,fsdp=2,tensor=2"].check()
+    runs["resharded"].check()
+    data8, mixed, resharded = (
+        runs["data=8"].workdir,
+        runs["data=2,fsdp=2,tensor=2"].workdir,
+        runs["resharded"].workdir,
+    )
+    restored = json.loads((resharded / "restored.json").read_text())
+    assert restored["step"] == 2
+    # Every process's input position: 2 batches consumed.
+    assert restored["data_state"] == {"processes": [{"position": 2}]}
+    assert restored["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert restored["params"] == placement(runs["data=2,fsdp=2,tensor=2"])["params"]
+    saved, back = load_params(data8 / "saved_params_2.npz"), load_params(resharded / "restored_params.npz")
+    assert saved.keys() == back.keys()
+    assert [k for k in saved if not np.array_equal(saved[k], back[k])] == []
+    # The resumed run logs only its own step 3, which sees the same batch as the uninterrupted run's.
+    assert len(losses(resharded)) == 1
+    np.testing.assert_allclose(losses(resharded)[0], losses(data8)[2], rtol=1e-5)
+    final = load_params(resharded / "final_params.npz")
+    assert max_abs_diff(final, load_params(data8 / "final_params.npz"))[0] < 1e-5
+    assert max_abs_diff(final, load_params(mixed / "final_params.npz"))[0] < 1e-5
+
+
+def test_two_processes_match_one_process(runs):
+    runs["data=8"].check()
+    runs["process_0"].check()
+    runs["process_1"].check()
+    two, data8 = runs["process_0"].workdir, runs["data=8"].workdir
+    assert placement(runs["process_0"])["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+    diff, worst = max_abs_diff(load_params(two / "final_params.npz"), load_params(data8 / "final_params.npz"))
+    assert diff < 1e-5, (diff, worst)
+    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]  # process 1 appended nothing
-    np.testing.assert_allclose([r["loss"] for r in records], results["meshes"]["data=8"]["losses"], rtol=1e-5)
-    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
-    assert (tmp_path / "checkpoints" / "3").is_dir()
+    np.testing.assert_allclose([r["loss"] for r in records], losses(data8), rtol=1e-5)
+    assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (two / "checkpoints" / "3").is_dir()
