@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,6 +25,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
+        _set_aside_incomplete_steps(Path(self.directory))
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -66,6 +69,27 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def is_complete(step_dir: Path) -> bool:
+    """orbax writes _CHECKPOINT_METADATA when a step is finalised and _METADATA when the state item is."""
+    return (step_dir / "_CHECKPOINT_METADATA").is_file() and (step_dir / "state" / "_METADATA").is_file()
+
+
+def _set_aside_incomplete_steps(directory: Path) -> None:
+    """Rename step directories whose contents never fully arrived (e.g. copied or synced by hand and cut
+    off) to `<step>.incomplete-<time>`, so they are neither restored nor in the way of a new save of
+    that step. Nothing is deleted."""
+    if jax.process_index() == 0 and directory.is_dir():
+        for child in directory.iterdir():
+            if child.is_dir() and child.name.isdigit() and not is_complete(child):
+                target = child.with_name(f"{child.name}.incomplete-{int(time.time())}")
+                log.warning("checkpoint %s is incomplete; moved aside to %s", child, target)
+                child.rename(target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("clip_jax.checkpoint: incomplete steps set aside")
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:

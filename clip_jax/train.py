@@ -276,8 +276,11 @@ class TrainLoop:
                 self._check_finite(*pending)
                 self.ckpt.save(step, state, _all_data_states(self.data_iter))
         if self.preempted and step < config.total_steps:
-            self._check_finite(*pending) if pending else None
-            self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
+            if pending is not None:
+                self._check_finite(*pending)
+            # The step may just have been saved periodically; orbax refuses a second save of a step.
+            if self.ckpt.latest_step() != step:
+                self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
             log.warning("preempted at step %d; checkpoint saved", step)
         elif config.eval.zeroshot:
             self._evaluate(step, state)
