@@ -247,7 +247,7 @@ class TrainLoop:
         )
         pending = None  # (step, metrics) of the last step whose loss is not yet checked
         last_log_time, last_log_step = time.perf_counter(), step
-        while step < config.total_steps and not self.preempted:
+        while step < config.total_steps and not self._stop_requested():
             batch = next(self.data_iter)
             batch = {
                 k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
@@ -287,6 +287,17 @@ class TrainLoop:
         bar.close()
         self.ckpt.wait()
         return state
+
+    def _stop_requested(self) -> bool:
+        """True once any process got SIGTERM. Processes agree through a collective, since a signal may
+        reach them at different steps and they must all save the same step and stop together."""
+        if jax.process_count() == 1:
+            return self.preempted
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.preempted]))
+        self.preempted = bool(np.any(flags))
+        return self.preempted
 
     def _check_finite(self, step: int, metrics: dict) -> None:
         loss = float(jax.device_get(metrics["loss"]))
