@@ -120,7 +120,13 @@ def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
-        state, data_state = ckpt.restore(start, abstract_like(abstract_state, state_shardings))
+        try:
+            state, data_state = ckpt.restore(start, abstract_like(abstract_state, state_shardings))
+        except ValueError as e:
+            raise ValueError(
+                f"cannot resume from {ckpt.directory}/{start}: it does not fit this run's config (was the "
+                f"model or optimizer changed? start a new --workdir to train a different config): {e}"
+            ) from e
         data_iter.set_state(_own_data_state(data_state))
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
