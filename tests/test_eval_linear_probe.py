@@ -42,12 +42,14 @@ def test_matches_sklearn_at_the_same_C(features, C):
     acc_ref = ref.score(xte, yte)
     assert abs(acc_ours - acc_ref) <= 0.003, (acc_ours, acc_ref)
     assert ours.grad_max <= 1e-4 and ours.iterations < 1000
-    # Same minimiser (up to both solvers' gradient tolerance), not merely the same accuracy.
-    np.testing.assert_allclose(ours.w, ref.coef_.T, atol=1e-2 * np.abs(ref.coef_).max())
-    # Both reach the same objective value (sklearn's, divided by C*n): mean CE + ||W||^2 / (2Cn).
+    # Same minimiser, not merely the same accuracy: equal weights up to both solvers' gradient tolerance
+    # (redundant features leave directions that only the weak penalty pins down) ...
+    np.testing.assert_allclose(ours.w, ref.coef_.T, atol=2e-2 * np.abs(ref.coef_).max())
+    # ... and sklearn's objective (divided by C*n: mean CE + ||W||^2 / (2Cn)) as low as sklearn gets it.
     f_ours = _objective(xtr, ytr, ours.w, ours.b, C)
     f_ref = _objective(xtr, ytr, ref.coef_.T, ref.intercept_, C)
-    assert abs(f_ours - f_ref) <= 1e-3 * abs(f_ref), (f_ours, f_ref)
+    assert f_ours <= f_ref + 1e-5 * abs(f_ref), (f_ours, f_ref)
+    assert f_ours >= f_ref - 1e-3 * abs(f_ref), (f_ours, f_ref)
 
 
 def _objective(x, y, w, b, C):

@@ -33,7 +33,7 @@ def default_mesh() -> jax.sharding.Mesh | None:
     return make_mesh(data=-1)
 
 
-def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
     extra = (-x.shape[0]) % multiple
     if not extra:
         return x
@@ -86,7 +86,7 @@ class Encoder:
         n = x.shape[0]
         if self.mesh is None:
             return np.asarray(self._fn(self.params, x, *extras))
-        x = _pad_rows(np.asarray(x), jax.local_device_count())
+        x = pad_rows(np.asarray(x), jax.local_device_count())
         if jax.process_count() == 1:
             xs = jax.device_put(x, self._batch_sharding)
         else:
@@ -126,13 +126,19 @@ def text_encoder(
     return Encoder(_text_features, params, mesh, model=model, normalize=normalize)
 
 
-def encode_in_batches(encoder: Encoder, x: np.ndarray, batch_size: int) -> np.ndarray:
+def encode_in_batches(
+    encoder: Encoder, x: np.ndarray, batch_size: int, progress: str | None = None
+) -> np.ndarray:
     """Encode a large array in fixed-size chunks (the last one padded, so there is one compilation)."""
+    starts: Iterable[int] = range(0, x.shape[0], batch_size)
+    if progress is not None and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch", leave=False)
     outs = []
-    for s in range(0, x.shape[0], batch_size):
+    for s in starts:
         chunk = x[s : s + batch_size]
-        n = chunk.shape[0]
-        outs.append(encoder(_pad_rows(chunk, batch_size))[:n])
+        outs.append(encoder(pad_rows(chunk, batch_size))[: chunk.shape[0]])
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
@@ -175,7 +181,7 @@ def iterate_batches(
         yield batch
 
 
-def _batch_mask(batch: Batch) -> np.ndarray:
+def batch_mask(batch: Batch) -> np.ndarray:
     n = np.asarray(batch["image"]).shape[0]
     return np.asarray(batch["mask"]).astype(bool) if "mask" in batch else np.ones(n, bool)
 
@@ -199,7 +205,7 @@ def extract_image_features(
     feats, labels = [], []
     for batch in iterate_batches(dataset, max_batches, progress):
         # Gather before dropping padding: every process contributes the same number of rows.
-        keep = gather_processes(_batch_mask(batch))
+        keep = gather_processes(batch_mask(batch))
         f = gather_processes(encoder(np.asarray(batch["image"], np.float32)))
         y = gather_processes(np.asarray(batch["label"], np.int32))
         feats.append(f[keep])

@@ -50,42 +50,6 @@ class LogisticRegression:
         return self.logits(x).argmax(-1)
 
 
-def _loss(p: dict, x: jax.Array, y: jax.Array, weight: jax.Array, l2: jax.Array) -> jax.Array:
-    logits = x @ p["w"] + p["b"]
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    ce = logz - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-    # Rows of weight 0 are padding (see _pad_rows): the mean runs over the real rows only.
-    return jnp.sum(weight * ce) / jnp.sum(weight) + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
-
-
-@jax.jit
-def _fit(x, y, weight, l2, w0, b0, tol, max_iter):
-    loss = functools.partial(_loss, x=x, y=y, weight=weight, l2=l2)
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-    params = {"w": w0, "b": b0}
-
-    def grad_max(g):
-        return jnp.maximum(jnp.max(jnp.abs(g["w"])), jnp.max(jnp.abs(g["b"])))
-
-    def cond(carry):
-        _, _, it, gmax = carry
-        return (it < max_iter) & (gmax > tol)
-
-    def body(carry):
-        p, state, it, _ = carry
-        value, grad = value_and_grad(p, state=state)
-        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-        p = optax.apply_updates(p, updates)
-        # The line search leaves the gradient at the accepted point in the state: the stopping test is free.
-        return p, state, it + 1, grad_max(optax.tree_utils.tree_get(state, "grad"))
-
-    _, g0 = jax.value_and_grad(loss)(params)
-    carry = (params, opt.init(params), jnp.asarray(0), grad_max(g0))
-    p, _, it, gmax = jax.lax.while_loop(cond, body, carry)
-    return p["w"], p["b"], it, gmax
-
-
 PAD_ROWS_TO = 1024
 
 
@@ -103,9 +67,104 @@ def _pad_rows(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return xp, yp, weight
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["xhat", "y", "weight", "basis", "eigvals", "mean", "n"],
+    meta_fields=["num_classes"],
+)
+@dataclasses.dataclass(frozen=True)
+class ProbeData:
+    """Training features prepared once for any number of fits (several C, warm starts).
+
+    The solver works in the eigenbasis of the feature covariance, scaled per direction by the inverse
+    square root of an estimate of the objective's curvature there (a change of variables, so the minimiser
+    is unchanged). Raw CLIP features are strongly correlated; in the original coordinates L-BFGS needs
+    hundreds to a thousand iterations, in these a few dozen.
+    """
+
+    xhat: jax.Array  # [N, D] centred features in the eigenbasis, padding rows zero
+    y: jax.Array  # [N]
+    weight: jax.Array  # [N], 0 for padding rows
+    basis: jax.Array  # [D, D] eigenvectors of the covariance (columns)
+    eigvals: jax.Array  # [D]
+    mean: jax.Array  # [D]
+    n: int  # real (unpadded) rows; a traced leaf so that sets of different sizes share one compilation
+    num_classes: int
+
+
+@jax.jit
+def _prepare(x, weight):
+    n = jnp.sum(weight)
+    mean = weight @ x / n
+    xc = (x - mean) * weight[:, None]
+    eigvals, basis = jnp.linalg.eigh(xc.T @ xc / n)
+    return xc @ basis, basis, jnp.maximum(eigvals, 0.0), mean
+
+
+def prepare(x: np.ndarray, y: np.ndarray, num_classes: int) -> ProbeData:
+    """Centre, rotate and pad the training features (one pass over them)."""
+    n = np.shape(x)[0]
+    xp, yp, weight = _pad_rows(np.asarray(x, np.float32), np.asarray(y, np.int32))
+    xhat, basis, eigvals, mean = _prepare(jnp.asarray(xp), jnp.asarray(weight))
+    return ProbeData(xhat, jnp.asarray(yp), jnp.asarray(weight), basis, eigvals, mean, n, num_classes)
+
+
+def _loss(p: dict, data: ProbeData, scale: jax.Array, l2: jax.Array) -> jax.Array:
+    u = scale[:, None] * p["z"]  # the weights in the eigenbasis
+    logits = data.xhat @ u + p["b"]
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    ce = logz - jnp.take_along_axis(logits, data.y[:, None], axis=-1)[:, 0]
+    # Rows of weight 0 are padding (see _pad_rows): the mean runs over the real rows only. The penalty is
+    # taken on W = basis @ u itself, so the objective is exactly sklearn's whatever the rounding of `basis`.
+    penalty = jnp.sum(jnp.square(data.basis @ u))
+    return jnp.sum(data.weight * ce) / jnp.sum(data.weight) + 0.5 * l2 * penalty
+
+
+def _to_original(p: dict, data: ProbeData, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(W, b) of the original problem, logits = x @ W + b, from the solver's variables."""
+    w = data.basis @ (scale[:, None] * p["z"])
+    return w, p["b"] - data.mean @ w
+
+
+def _original_grad_max(g: dict, data: ProbeData, scale: jax.Array) -> jax.Array:
+    """max |gradient| of the original objective in (W, b): the stopping test scikit-learn applies."""
+    g_w = data.basis @ (g["z"] / scale[:, None]) + data.mean[:, None] * g["b"][None, :]
+    return jnp.maximum(jnp.max(jnp.abs(g_w)), jnp.max(jnp.abs(g["b"])))
+
+
+@jax.jit
+def _fit(data, l2, w0, b0, tol, max_iter):
+    # Curvature of the softmax cross-entropy per class is about p(1 - p) with p ~ 1/K at the start.
+    k = data.num_classes
+    scale = jax.lax.rsqrt((1.0 / k) * (1.0 - 1.0 / k) * data.eigvals + l2)
+    loss = functools.partial(_loss, data=data, scale=scale, l2=l2)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+    # Warm start: the solver's variables of (w0, b0).
+    params = {"z": (data.basis.T @ w0) / scale[:, None], "b": b0 + data.mean @ w0}
+
+    def cond(carry):
+        _, _, it, gmax = carry
+        return (it < max_iter) & (gmax > tol)
+
+    def body(carry):
+        p, state, it, _ = carry
+        value, grad = value_and_grad(p, state=state)
+        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+        p = optax.apply_updates(p, updates)
+        # The line search leaves the gradient at the accepted point in the state: the stopping test is free.
+        return p, state, it + 1, _original_grad_max(optax.tree_utils.tree_get(state, "grad"), data, scale)
+
+    _, g0 = jax.value_and_grad(loss)(params)
+    carry = (params, opt.init(params), jnp.asarray(0), _original_grad_max(g0, data, scale))
+    p, _, it, gmax = jax.lax.while_loop(cond, body, carry)
+    w, b = _to_original(p, data, scale)
+    return w, b, it, gmax
+
+
 def fit_logistic_regression(
-    x: np.ndarray,
-    y: np.ndarray,
+    x: np.ndarray | ProbeData,
+    y: np.ndarray | None,
     num_classes: int,
     C: float,
     *,
@@ -113,13 +172,18 @@ def fit_logistic_regression(
     tol: float = 1e-4,
     init: LogisticRegression | None = None,
 ) -> LogisticRegression:
-    """L2-regularised multinomial logistic regression, the minimiser of sklearn's objective for this C."""
-    n, d = np.shape(x)
-    x, y, weight = _pad_rows(np.asarray(x, np.float32), np.asarray(y, np.int32))
+    """L2-regularised multinomial logistic regression, the minimiser of sklearn's objective for this C.
+
+    `x` may be a `ProbeData` from `prepare` (then `y` is ignored), to share that work between fits.
+    """
+    data = x if isinstance(x, ProbeData) else prepare(x, y, num_classes)
+    if data.num_classes != num_classes:
+        raise ValueError(f"prepared for {data.num_classes} classes, asked for {num_classes}")
+    d = data.basis.shape[0]
     w0 = jnp.zeros((d, num_classes), jnp.float32) if init is None else jnp.asarray(init.w)
     b0 = jnp.zeros((num_classes,), jnp.float32) if init is None else jnp.asarray(init.b)
-    l2 = 1.0 / (C * n)
-    w, b, it, gmax = _fit(x, y, weight, jnp.float32(l2), w0, b0, jnp.float32(tol), jnp.int32(max_iter))
+    l2 = 1.0 / (C * data.n)
+    w, b, it, gmax = _fit(data, jnp.float32(l2), w0, b0, jnp.float32(tol), jnp.int32(max_iter))
     return LogisticRegression(np.asarray(w), np.asarray(b), float(C), int(it), float(gmax))
 
 
@@ -141,6 +205,7 @@ def select_C(
 ) -> tuple[float, list[dict[str, float]]]:
     """The paper's parametric binary search for C on a validation set. Returns (best C, sweep history)."""
     lo, hi = log10_range
+    data = prepare(x_train, y_train, num_classes)  # shared by all fits of the sweep
     fitted: dict[float, tuple[float, LogisticRegression]] = {}
 
     def evaluate(e: float) -> float:
@@ -150,7 +215,7 @@ def select_C(
             near = min(fitted, key=lambda k: abs(k - e)) if fitted else None
             init = fitted[near][1] if near is not None else None
             m = fit_logistic_regression(
-                x_train, y_train, num_classes, 10.0**e, max_iter=max_iter, tol=tol, init=init
+                data, None, num_classes, 10.0**e, max_iter=max_iter, tol=tol, init=init
             )
             fitted[e] = (_accuracy(m, x_val, y_val), m)
         return e

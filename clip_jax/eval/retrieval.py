@@ -81,7 +81,7 @@ def retrieval_eval(
     img_enc = F.image_encoder(model, params, mesh=mesh)
     image_feats, tokens = [], []
     for batch in F.iterate_batches(dataset, max_batches, progress):
-        keep = F.gather_processes(F._batch_mask(batch))
+        keep = F.gather_processes(F.batch_mask(batch))
         f = F.gather_processes(img_enc(np.asarray(batch["image"], np.float32)))
         t = F.gather_processes(batch_tokens(batch, tokenizer, max_captions, context_length))
         image_feats.append(f[keep])

@@ -78,17 +78,8 @@ def build_zeroshot_classifier(
     texts = [t.format(c) for c in classnames for t in templates]
     tokens = F.trim_tokens(np.asarray(tokenizer(texts), np.int32))
     encoder = F.text_encoder(model, params, normalize=True, mesh=mesh)
-    chunks = range(0, len(texts), batch_size)
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        chunks = tqdm(chunks, desc="zero-shot classifier", unit="batch", leave=False)
-    emb = []
-    for s in chunks:
-        chunk = tokens[s : s + batch_size]
-        n = chunk.shape[0]
-        emb.append(encoder(F._pad_rows(chunk, batch_size))[:n])
-    emb = np.concatenate(emb).reshape(len(classnames), len(templates), -1)
+    emb = F.encode_in_batches(encoder, tokens, batch_size, "zero-shot classifier" if progress else None)
+    emb = emb.reshape(len(classnames), len(templates), -1)
     weights = np.asarray(l2_normalize(jnp.asarray(emb.mean(axis=1)))).T
     if cache_path is not None and jax.process_index() == 0:
         os.makedirs(cache_dir, exist_ok=True)
@@ -152,7 +143,7 @@ def evaluate_logits(
     dropped = 0
     for batch in F.iterate_batches(dataset, max_batches, progress):
         images = np.asarray(batch["image"], np.float32)
-        mask = F.gather_processes(F._batch_mask(batch))
+        mask = F.gather_processes(F.batch_mask(batch))
         labels = F.gather_processes(np.asarray(batch["label"], np.int64))
         logits = F.gather_processes(np.asarray(logits_fn(images)))
         if head.groups is not None:
