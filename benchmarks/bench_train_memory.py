@@ -56,6 +56,7 @@ def compile_train_step(
     remat_policy: str = "full",
     scan: bool = True,
     dtype: str = "float32",
+    accum_steps: int = 1,
 ) -> tuple[jax.stages.Compiled, float]:
     """The compiled (never run) sharded train step and its lower + compile seconds."""
     mesh = sharding.make_mesh(*mesh_shape)
@@ -91,6 +92,7 @@ def compile_train_step(
             tx,
             mesh=mesh if loss_impl == "sharded" else None,
             batch_axes=sharding.BATCH_AXES,
+            accum_steps=accum_steps,
             schedule=schedule,
         )
         jitted = jax.jit(
@@ -117,6 +119,7 @@ def measure(model_name: str, global_batch: int, mesh_name: str, loss_impl: str, 
         "remat_policy": kwargs.get("remat_policy", "full"),
         "scan": kwargs.get("scan", True),
         "dtype": kwargs.get("dtype", "float32"),
+        "accum_steps": kwargs.get("accum_steps", 1),
         "argument": m.argument_size_in_bytes,
         "output": m.output_size_in_bytes,
         "alias": m.alias_size_in_bytes,
@@ -143,8 +146,10 @@ def run(
     meshes: tuple[str, ...] | None = None,
     remat_policy: str = "full",
     scan: bool = True,
+    accum_steps: tuple[int, ...] | None = None,
 ) -> list[dict]:
-    """Every (mesh, loss) on `DEVICES` devices; one dict per compiled program."""
+    """Every (mesh, loss) on `DEVICES` devices, then the sharded loss on the first mesh with each of
+    `accum_steps` micro-batches; one dict per compiled program."""
     if jax.device_count() != DEVICES:
         raise RuntimeError(
             f"needs {DEVICES} devices, found {jax.device_count()}: set "
@@ -152,26 +157,38 @@ def run(
         )
     batch = batch or (4096 if quick else 32768)
     meshes = meshes or (("fsdp=8",) if quick else tuple(MESHES))
-    return [
+    accum_steps = accum_steps if accum_steps is not None else (() if quick else (8,))
+    rows = [
         measure(model, batch, mesh, loss, remat_policy=remat_policy, scan=scan)
         for mesh in meshes
         for loss in LOSSES
     ]
+    # What one would run at this batch on 80 GB accelerators: exact gradient accumulation over micro-batches.
+    for k in accum_steps:
+        rows.append(
+            measure(model, batch, meshes[0], "sharded", remat_policy=remat_policy, scan=scan, accum_steps=k)
+        )
+    return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
     """GiB per device; the last column compares each dense row with the sharded row of its mesh."""
-    sharded_peak = {(r["mesh"], r["global_batch"]): r["peak"] for r in rows if r["loss"] == "sharded"}
+    sharded_peak = {
+        (r["mesh"], r["global_batch"]): r["peak"]
+        for r in rows
+        if r["loss"] == "sharded" and r["accum_steps"] == 1
+    }
     lines = [
-        "| model | global batch | mesh (8 devices) | loss | args GiB | temp GiB | peak GiB/device | vs sharded "
-        "| compile s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | global batch | mesh (8 devices) | loss | accum steps | args GiB | temp GiB | peak GiB/device "
+        "| vs sharded | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         base = sharded_peak.get((r["mesh"], r["global_batch"]))
         rel = f"{r['peak'] / base:.2f}x" if base else ""
         lines.append(
-            f"| {r['model']} | {r['global_batch']:,} | {r['mesh']} | {r['loss']} | {r['argument'] / GiB:.2f} "
+            f"| {r['model']} | {r['global_batch']:,} | {r['mesh']} | {r['loss']} | {r['accum_steps']} "
+            f"| {r['argument'] / GiB:.2f} "
             f"| {r['temp'] / GiB:.2f} | {r['peak'] / GiB:.2f} | {rel} | {r['compile_s']:.0f} |"
         )
     if rows:
@@ -191,6 +208,9 @@ def main() -> None:
     parser.add_argument("--meshes", default=None, help=f"comma list of {','.join(MESHES)}")
     parser.add_argument("--remat", default="full", help="remat policy (none, full, dots, dots_no_batch)")
     parser.add_argument("--no-scan", action="store_true", help="unrolled layers instead of nn.scan")
+    parser.add_argument(
+        "--accum-steps", default=None, help="comma list of extra accumulation rows (default 8)"
+    )
     args = parser.parse_args()
     rows = run(
         quick=args.quick,
@@ -199,6 +219,9 @@ def main() -> None:
         meshes=tuple(args.meshes.split(",")) if args.meshes else None,
         remat_policy=args.remat,
         scan=not args.no_scan,
+        accum_steps=tuple(int(k) for k in args.accum_steps.split(",") if k)
+        if args.accum_steps is not None
+        else None,
     )
     print(to_markdown(rows))
 
