@@ -345,6 +345,36 @@ def bench_inference(
     )
 
 
+def bench_gemm(m: int = 1576, k: int = 768, n: int = 3072, repeats: int = 5) -> dict:
+    """One fp32 matmul [m, k] x [k, n] (default: ViT-B-16's MLP at batch 8): XLA:CPU's kernel vs torch's."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)
+    ja, jb, ta, tb = jax.device_put(a), jax.device_put(b), torch.from_numpy(a), torch.from_numpy(b)
+    start = time.perf_counter()
+    compiled = jax.jit(jnp.matmul).lower(ja, jb).compile()
+    compile_s = time.perf_counter() - start
+    ours = lambda: compiled(ja, jb).block_until_ready()  # noqa: E731
+    theirs = lambda: torch.mm(ta, tb)  # noqa: E731
+    max_diff = float(np.max(np.abs(np.asarray(ours()) - theirs().numpy())))
+    if not max_diff <= ATOL:
+        raise AssertionError(f"matmul: max |ours - torch| = {max_diff:.2e}")
+    gflop = 2 * m * k * n / 1e9
+    return throughput_row(
+        f"matmul {m}x{k} @ {k}x{n}",
+        "GFLOP/s",
+        gflop,
+        alternate(ours, theirs, repeats),
+        benchmark="gemm",
+        variant="default",
+        compile_s=compile_s,
+        max_abs_diff=max_diff,
+        **_machine_note(),
+    )
+
+
 def _torch_train_step(pair: Pair, data: dict[str, Any]) -> Callable[[], float]:
     """open_clip's training step as its train loop runs it (fp32, no AMP, one device)."""
     import open_clip
@@ -444,7 +474,12 @@ def run(
     train_batch = train_batch or (8 if quick else 32)
     repeats = repeats or (2 if quick else 5)
     rows = []
+    if "gemm" in only:
+        rows.append(bench_gemm(repeats=max(repeats, 5)))
+        _log(rows[-1])
     for name in models:
+        if not set(only) & {"image", "text", "train"}:
+            break
         pair = make_pair(name)
         for v in variants:
             variant = VARIANTS[v]
@@ -530,6 +565,18 @@ def _subprocess_rows(args: list[str], flags: str = "", one_core: bool = False) -
     return json.loads(lines[-1][len(JSON_PREFIX) :])
 
 
+SWEEP_VARIANTS = (
+    "default",
+    "attn_einsum",
+    "patch_matmul",
+    "flat_dense",
+    "flat_dense+attn_einsum+patch_matmul",
+    "scan",
+    "bf16",
+)
+SWEEP_TRAIN_VARIANTS = ("default", "flat_dense+attn_einsum+patch_matmul", "scan")
+
+
 def sweep(
     quick: bool = False, model: str = TRAIN_MODEL, batch: int | None = None, train: bool = True
 ) -> list[dict]:
@@ -548,26 +595,34 @@ def sweep(
             rows.append({**r, "setting": setting})
             _log(rows[-1])
 
+    # The kernel under everything: one fp32 GEMM of the MLP's shape.
+    add("default", [bench_gemm(repeats=max(repeats, 5))])
     # Model variants of our side, in this process.
     pair = make_pair(model)
-    for name, variant in VARIANTS.items():
+    for name in SWEEP_VARIANTS:
         for tower in ("image", "text"):
             if tower == "text" and name == "patch_matmul":
                 continue  # the patch embedding is in the image tower only
-            add(f"variant {name}", [bench_inference(pair, tower, batch, repeats, variant)])
+            add(f"variant {name}", [bench_inference(pair, tower, batch, repeats, VARIANTS[name])])
     # Batch sizes (default variant).
     for b in (1, 4 * batch) if not quick else (1,):
         for tower in ("image", "text"):
             add(f"batch {b}", [bench_inference(pair, tower, b, repeats)])
     del pair
+    # ViT-B-16's 197 tokens: attention and the patch embedding weigh more than at 50.
+    if not quick:
+        pair16 = make_pair("ViT-B-16")
+        for name in ("default", "flat_dense+attn_einsum+patch_matmul"):
+            add(f"variant {name}", [bench_inference(pair16, "image", batch // 2, repeats, VARIANTS[name])])
+        del pair16
     # XLA flags and thread count, each in a fresh process.
     for name, flags in XLA_FLAG_SETS.items():
         if name != "default":
-            add(f"XLA_FLAGS {name}", _subprocess_rows(["--only", "image,text", *common], flags))
-    add("one core (taskset -c 0)", _subprocess_rows(["--only", "image,text", *common], one_core=True))
+            add(f"XLA_FLAGS {name}", _subprocess_rows(["--only", "gemm,image,text", *common], flags))
+    add("one core (taskset -c 0)", _subprocess_rows(["--only", "gemm,image,text", *common], one_core=True))
     if train:
         train_batch = 8 if quick else 32
-        for v in ("default", "patch_matmul", "scan"):
+        for v in SWEEP_TRAIN_VARIANTS:
             args = ["--only", "train", "--models", model, "--train-batch", str(train_batch), "--variants", v]
             add(f"variant {v}", _subprocess_rows([*args, "--repeats", str(max(1, repeats - 2))]))
     return rows
@@ -591,7 +646,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 (train 8), 2 repeats")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"subset of {','.join(BENCHMARKS)},gemm")
     parser.add_argument("--batch", type=int, default=None, help="inference batch (default 16)")
     parser.add_argument("--train-batch", type=int, default=None, help="train-step batch (default 32)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")

@@ -77,7 +77,7 @@ def alternate(ours: Callable[[], Any], theirs: Callable[[], Any], repeats: int, 
     return t
 
 
-def throughput_row(name: str, unit: str, items: int, timings: Timings, **extra: Any) -> dict:
+def throughput_row(name: str, unit: str, items: float, timings: Timings, **extra: Any) -> dict:
     """One result row: medians in seconds, throughput in `unit` (e.g. 'images/s') and the ratio."""
     return {
         "name": name,

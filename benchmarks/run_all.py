@@ -8,7 +8,8 @@
 Each benchmark runs in its own Python process (`--worker NAME`), so that XLA_FLAGS (8 simulated devices
 for the memory benchmarks) apply before jax starts and no benchmark inherits another's caches or memory.
 Results are kept in benchmarks/results.json: `--only` reruns some benchmarks and the others keep their
-last figures (each section says when and under which load it was measured). RESULTS.md is written from
+last figures (each section says when and under which load it was measured); a `--quick` result never
+replaces a full-size one. RESULTS.md is written from
 that file, plus benchmarks/RESULTS_GPU.md verbatim when it exists.
 """
 
@@ -305,10 +306,18 @@ def main() -> None:
             print(f"== {name}: benchmarks/{bench.module}.py not found, skipped", file=sys.stderr)
             continue
         print(f"== {name} ({bench.module}){' --quick' if args.quick else ''}", file=sys.stderr, flush=True)
-        records[name] = run_worker(name, args.quick)
-        if "error" in records[name]:
+        record = run_worker(name, args.quick)
+        if "error" in record:
             failed.append(name)
-            print(f"== {name} FAILED: {records[name]['error']}", file=sys.stderr)
+            print(f"== {name} FAILED: {record['error']}", file=sys.stderr)
+        if args.quick and name in records and not records[name].get("quick") and "error" not in records[name]:
+            # A smoke test does not replace full-size figures.
+            print(
+                f"== {name}: --quick result not stored (results.json keeps the full-size run)",
+                file=sys.stderr,
+            )
+            continue
+        records[name] = record
         # Save after each benchmark: a long run that is cut off keeps what it measured.
         RESULTS_JSON.write_text(json.dumps(records, indent=1, default=float) + "\n")
         write_markdown(records)
