@@ -39,7 +39,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["clip_jax", "clip_jax.*"]),
-    package_data={"clip_jax": ["assets/*"]},
+    package_data={"clip_jax": ["assets/*", "eval/metadata/*.json", "eval/metadata/*.md"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={"test": TEST},
