@@ -351,7 +351,7 @@ def bench_gemm(m: int = 1576, k: int = 768, n: int = 3072, repeats: int = 5) -> 
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)
+    b = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     ja, jb, ta, tb = jax.device_put(a), jax.device_put(b), torch.from_numpy(a), torch.from_numpy(b)
     start = time.perf_counter()
     compiled = jax.jit(jnp.matmul).lower(ja, jb).compile()
