@@ -2,7 +2,7 @@
 
     python benchmarks/bench_models.py                       # all benchmarks, default sizes
     python benchmarks/bench_models.py --quick               # small batches, 2 repeats (smoke test)
-    python benchmarks/bench_models.py --only image --models ViT-B-16 --batch 8 --variants default,patch_matmul
+    python benchmarks/bench_models.py --only image --models ViT-B-16 --batch 8 --variants default,before_rows
     python benchmarks/bench_models.py --xla-flags=--xla_cpu_use_thunk_runtime=false
 
 Both sides compute the same function: one random open_clip model (`open_clip.create_model(name,
@@ -125,10 +125,9 @@ class EinsumAttention(transformer_mod.Attention):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        qkv = transformer_mod.QKVProjection(
+        q, k, v = transformer_mod.QKVProjection(
             self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
         )(x)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k)
         if self.causal:
             n = x.shape[1]
@@ -138,81 +137,63 @@ class EinsumAttention(transformer_mod.Attention):
         return transformer_mod.AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
 
-class FlatMLP(transformer_mod.MLP):
-    """The MLP on [B*L, W] rows: XLA:CPU lays out the backward of 2-D dots without the transposing copies
-    it inserts for the 3-D [B, L, W] form."""
+class PackedQKV(transformer_mod.QKVProjection):
+    """q, k, v from one [B*L, W] x [W, 3*H*D] matmul and a split (the model uses three matmuls)."""
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         width = x.shape[-1]
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(self.mlp_width, name="c_fc", **kw)(x.reshape(-1, width))
-        h = transformer_mod.activation_fn(self.quick_gelu)(h)
-        return nn.Dense(width, name="c_proj", **kw)(h).reshape(x.shape)
+        shape = (width, 3, self.heads, width // self.heads)
+        kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, shape[1:], self.param_dtype)
+        qkv = transformer_mod.dense_on_rows(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
 
-class FlatQKV(transformer_mod.QKVProjection):
-    """QKVProjection as one [B*L, W] x [W, 3*H*D] matmul (same [W, 3, H, D] kernel)."""
+class Projections3D:
+    """The model's layout before it moved to row matmuls (dense_on_rows): every projection as an
+    einsum or nn.Dense on [B, L, ...] activations, q/k/v from one packed einsum."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, n, width = x.shape
-        head_dim = width // self.heads
-        kernel = self.param(
-            "kernel", nn.initializers.zeros, (width, 3, self.heads, head_dim), self.param_dtype
-        )
-        bias = self.param("bias", nn.initializers.zeros, (3, self.heads, head_dim), self.param_dtype)
-        y = x.reshape(b * n, width) @ kernel.reshape(width, -1).astype(self.dtype) + bias.reshape(-1).astype(
-            self.dtype
-        )
-        return y.reshape(b, n, 3, self.heads, head_dim)
+    class QKV(transformer_mod.QKVProjection):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+            width = x.shape[-1]
+            shape = (width, 3, self.heads, width // self.heads)
+            kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, shape[1:], self.param_dtype)
+            qkv = jnp.einsum("bld,dthk->blthk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    class Out(transformer_mod.AttentionOut):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            heads, head_dim = x.shape[-2:]
+            width = heads * head_dim
+            kernel = self.param("kernel", nn.initializers.zeros, (heads, head_dim, width), self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
+            return jnp.einsum("blhk,hkd->bld", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+    class MLP(transformer_mod.MLP):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+            h = nn.Dense(self.mlp_width, name="c_fc", **kw)(x)
+            h = transformer_mod.activation_fn(self.quick_gelu)(h)
+            return nn.Dense(x.shape[-1], name="c_proj", **kw)(h)
 
 
-class FlatOut(transformer_mod.AttentionOut):
-    """AttentionOut as one [B*L, H*D] x [H*D, W] matmul (same [H, D, W] kernel)."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, n, heads, head_dim = x.shape
-        width = heads * head_dim
-        kernel = self.param("kernel", nn.initializers.zeros, (heads, head_dim, width), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
-        y = x.reshape(b * n, width) @ kernel.reshape(width, width).astype(self.dtype) + bias.astype(
-            self.dtype
-        )
-        return y.reshape(b, n, width)
-
-
-class PatchMatmul(nn.Module):
-    """Drop-in for the patch-embedding nn.Conv (kernel == stride, VALID, no bias): cut the image into
-    patches with a reshape/transpose and multiply by the same [p, p, C, W] kernel as one matmul."""
-
-    features: int
-    kernel_size: tuple[int, int]
-    kernel_init: Callable
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class ConvPatchEmbed(vit_mod.PatchEmbed):
+    """The patch embedding as the strided convolution that PatchEmbed replaced (same [p, p, 3, W] kernel)."""
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        p = self.kernel_size[0]
-        b, h, w, c = x.shape
-        kernel = self.param("kernel", self.kernel_init, (p, p, c, self.features), self.param_dtype)
-        patches = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        patches = patches.reshape(b, h // p, w // p, p * p * c)
-        return patches @ kernel.reshape(p * p * c, self.features).astype(self.dtype)
-
-
-class _LinenWithPatchMatmul:
-    """flax.linen as vit.py sees it, except that nn.Conv builds a PatchMatmul."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(nn, name)
-
-    @staticmethod
-    def Conv(features, kernel_size, strides, padding, use_bias, kernel_init, name, dtype, param_dtype):  # noqa: N802
-        assert tuple(strides) == tuple(kernel_size) and padding == "VALID" and not use_bias
-        return PatchMatmul(features, tuple(kernel_size), kernel_init, dtype, param_dtype, name=name)
+    def __call__(self, images: jax.Array) -> jax.Array:
+        p = self.patch_size
+        shape = (p, p, images.shape[-1], self.width)
+        kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
+        x = jax.lax.conv_general_dilated(
+            images, kernel.astype(self.dtype), (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return x.reshape(x.shape[0], -1, self.width)
 
 
 @contextlib.contextmanager
@@ -249,35 +230,24 @@ class Variant:
             yield
 
 
-_FLAT = (
-    lambda: _patched(transformer_mod, "MLP", FlatMLP),
-    lambda: _patched(transformer_mod, "QKVProjection", FlatQKV),
-    lambda: _patched(transformer_mod, "AttentionOut", FlatOut),
+_3D = (
+    lambda: _patched(transformer_mod, "QKVProjection", Projections3D.QKV),
+    lambda: _patched(transformer_mod, "AttentionOut", Projections3D.Out),
+    lambda: _patched(transformer_mod, "MLP", Projections3D.MLP),
 )
+_CONV = (lambda: _patched(vit_mod, "PatchEmbed", ConvPatchEmbed),)
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("default"),
+        # The layout the model had before this investigation: 3-D projections and a strided conv.
+        Variant("before_rows", patches=(*_3D, *_CONV)),
+        Variant("proj_3d", patches=_3D),
+        Variant("conv_patch", patches=_CONV),
+        Variant("packed_qkv", patches=(lambda: _patched(transformer_mod, "QKVProjection", PackedQKV),)),
         Variant("attn_xla", (("attention_impl", "xla"),)),
         Variant("attn_einsum", patches=(lambda: _patched(transformer_mod, "Attention", EinsumAttention),)),
-        Variant("patch_matmul", patches=(lambda: _patched(vit_mod, "nn", _LinenWithPatchMatmul()),)),
-        Variant(
-            "attn_einsum+patch_matmul",
-            patches=(
-                lambda: _patched(transformer_mod, "Attention", EinsumAttention),
-                lambda: _patched(vit_mod, "nn", _LinenWithPatchMatmul()),
-            ),
-        ),
-        Variant("flat_dense", patches=_FLAT),
-        Variant(
-            "flat_dense+attn_einsum+patch_matmul",
-            patches=(
-                *_FLAT,
-                lambda: _patched(transformer_mod, "Attention", EinsumAttention),
-                lambda: _patched(vit_mod, "nn", _LinenWithPatchMatmul()),
-            ),
-        ),
         Variant("scan", scan=True),
         Variant("bf16", (("dtype", jnp.bfloat16),), atol=5e-2),
     )
@@ -567,14 +537,15 @@ def _subprocess_rows(args: list[str], flags: str = "", one_core: bool = False) -
 
 SWEEP_VARIANTS = (
     "default",
+    "before_rows",
+    "proj_3d",
+    "conv_patch",
+    "packed_qkv",
     "attn_einsum",
-    "patch_matmul",
-    "flat_dense",
-    "flat_dense+attn_einsum+patch_matmul",
     "scan",
     "bf16",
 )
-SWEEP_TRAIN_VARIANTS = ("default", "flat_dense+attn_einsum+patch_matmul", "scan")
+SWEEP_TRAIN_VARIANTS = ("default", "before_rows", "packed_qkv", "scan")
 
 
 def sweep(
@@ -601,7 +572,7 @@ def sweep(
     pair = make_pair(model)
     for name in SWEEP_VARIANTS:
         for tower in ("image", "text"):
-            if tower == "text" and name == "patch_matmul":
+            if tower == "text" and name == "conv_patch":
                 continue  # the patch embedding is in the image tower only
             add(f"variant {name}", [bench_inference(pair, tower, batch, repeats, VARIANTS[name])])
     # Batch sizes (default variant).
@@ -612,7 +583,7 @@ def sweep(
     # ViT-B-16's 197 tokens: attention and the patch embedding weigh more than at 50.
     if not quick:
         pair16 = make_pair("ViT-B-16")
-        for name in ("default", "flat_dense+attn_einsum+patch_matmul"):
+        for name in ("default", "before_rows"):
             add(f"variant {name}", [bench_inference(pair16, "image", batch // 2, repeats, VARIANTS[name])])
         del pair16
     # XLA flags and thread count, each in a fresh process.

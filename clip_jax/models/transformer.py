@@ -11,6 +11,7 @@ Every parameter carries logical axis names; `clip_jax.sharding` maps them onto m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,20 @@ def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, names)
 
 
+def dense_on_rows(x: jax.Array, kernel: jax.Array, in_dims: int = 1) -> jax.Array:
+    """Contract the last `in_dims` axes of x [..., *in] with kernel [*in, *out] as one 2-D row matmul.
+
+    Why rows: for a [B, L, W] operand, XLA:CPU computes the weight gradient by first transposing the
+    activations' cotangent into a fresh buffer, and fuses the whole residual-stream gradient chain into
+    that copy, once per layer (quadratic in depth). On [B*L, W] rows the library GEMM reads the operand
+    as it is: the ViT-B/32 CLIP gradient ran 1.43x faster (benchmarks/RESULTS.md). The reshapes are free.
+    """
+    lead, out = x.shape[: x.ndim - in_dims], kernel.shape[in_dims:]
+    k = math.prod(kernel.shape[:in_dims])
+    y = x.reshape(-1, k) @ kernel.reshape(k, -1)
+    return y.reshape((*lead, *out))
+
+
 class LayerNorm(nn.Module):
     """torch.nn.LayerNorm(eps=1e-5): two-pass variance in float32, then cast to the compute dtype."""
 
@@ -70,9 +85,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        qkv = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
-        qkv = nn.with_logical_constraint(qkv, ("act_batch", "act_len", None, "act_heads", None))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
+        q, k, v = (
+            nn.with_logical_constraint(a, ("act_batch", "act_len", "act_heads", None)) for a in (q, k, v)
+        )
         out = attention(q, k, v, causal=self.causal, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         return AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
@@ -113,10 +129,11 @@ def padded_attention(
 
 
 class QKVProjection(nn.Module):
-    """W -> [3, H, D]: OpenAI's packed in_proj, kept packed so one matmul computes q, k and v.
+    """W -> q, k, v, each [..., H, D], from OpenAI's packed in_proj kept as one [W, 3, H, D] parameter.
 
-    Explicit params + einsum rather than nn.DenseGeneral, whose init reshapes a 2-D kernel and so
-    cannot carry 4-D logical axis names.
+    Computed as three row matmuls, one per slice of the packed kernel, rather than one matmul and a
+    split: each slice flattens to [W, H*D] with the (tensor-sharded) heads axis outermost, so the
+    projection stays sharded by heads, and no [.., 3, H, D] tensor is split or re-stacked.
     """
 
     heads: int
@@ -124,7 +141,7 @@ class QKVProjection(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         width = x.shape[-1]
         head_dim = width // self.heads
         kernel = self.param(
@@ -139,7 +156,9 @@ class QKVProjection(nn.Module):
             (3, self.heads, head_dim),
             self.param_dtype,
         )
-        return jnp.einsum("bld,dthk->blthk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+        q, k, v = (dense_on_rows(x, kernel[:, i]) + bias[i] for i in range(3))
+        return q, k, v
 
 
 class AttentionOut(nn.Module):
@@ -159,7 +178,7 @@ class AttentionOut(nn.Module):
             self.param_dtype,
         )
         bias = self.param("bias", _p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
-        return jnp.einsum("blhk,hkd->bld", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return dense_on_rows(x, kernel.astype(self.dtype), in_dims=2) + bias.astype(self.dtype)
 
 
 class MLP(nn.Module):
@@ -171,24 +190,26 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        h = nn.Dense(
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        c_fc = nn.Dense(
             self.mlp_width,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
             kernel_init=_p(nn.initializers.normal(stddev=(2 * width) ** -0.5), ("embed", "mlp")),
             bias_init=_p(nn.initializers.zeros, ("mlp",)),
             name="c_fc",
-        )(x)
-        h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
-        h = activation_fn(self.quick_gelu)(h)
-        return nn.Dense(
+            **kw,
+        )
+        c_proj = nn.Dense(
             width,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
             kernel_init=_p(nn.initializers.normal(stddev=width**-0.5), ("mlp", "embed")),
             bias_init=_p(nn.initializers.zeros, ("embed",)),
             name="c_proj",
-        )(h)
+            **kw,
+        )
+        # Both matmuls on [B*L, .] rows, for the reason given in dense_on_rows.
+        h = c_fc(x.reshape(-1, width)).reshape(*x.shape[:-1], self.mlp_width)
+        h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
+        h = activation_fn(self.quick_gelu)(h)
+        return c_proj(h.reshape(-1, self.mlp_width)).reshape(x.shape)
 
 
 class ResidualAttentionBlock(nn.Module):

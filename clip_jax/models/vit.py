@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import VisionConfig
-from clip_jax.models.transformer import LayerNorm, Transformer, _p
+from clip_jax.models.transformer import LayerNorm, Transformer, _p, dense_on_rows
 
 
 class VisionTransformer(nn.Module):
@@ -31,18 +31,8 @@ class VisionTransformer(nn.Module):
         width, p = cfg.width, cfg.patch_size
         scale = width**-0.5
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Conv(
-            width,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            use_bias=False,
-            kernel_init=_p(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            name="conv1",
-            **kw,
-        )(images.astype(self.dtype))
+        x = PatchEmbed(width, p, name="conv1", **kw)(images.astype(self.dtype))
         b = x.shape[0]
-        x = x.reshape(b, -1, width)
         cls = self.param(
             "class_embedding", _p(nn.initializers.normal(scale), ("embed",)), (width,), self.param_dtype
         )
@@ -91,6 +81,34 @@ class VisionTransformer(nn.Module):
         idx = jnp.argsort(noise, axis=1)[:, :keep]
         patches = jnp.take_along_axis(x[:, 1:], idx[..., None], axis=1)
         return jnp.concatenate([x[:, :1], patches], axis=1)
+
+
+class PatchEmbed(nn.Module):
+    """OpenAI's conv1 (kernel = stride = patch, no bias) as a matmul on flattened patches.
+
+    Same parameter as the convolution (`kernel` [p, p, 3, W]) and the same result; XLA:CPU runs the
+    strided convolution ~3x slower than this matmul (benchmarks/RESULTS.md). Like a VALID convolution,
+    pixels past the last whole patch are ignored. Returns [B, patches, W] in row-major grid order.
+    """
+
+    width: int
+    patch_size: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        p = self.patch_size
+        b, h, w, c = images.shape
+        kernel = self.param(
+            "kernel",
+            _p(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            (p, p, c, self.width),
+            self.param_dtype,
+        )
+        gh, gw = h // p, w // p
+        patches = images[:, : gh * p, : gw * p].reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
+        return dense_on_rows(patches.reshape(b, gh * gw, p * p * c), kernel.reshape(p * p * c, self.width))
 
 
 def interpolate_pos_embed(pos: jax.Array, new_grid: int) -> jax.Array:
