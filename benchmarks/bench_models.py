@@ -140,13 +140,16 @@ class EinsumAttention(transformer_mod.Attention):
 class PackedQKV(transformer_mod.QKVProjection):
     """q, k, v from one [B*L, W] x [W, 3*H*D] matmul and a split (the model uses three matmuls)."""
 
+    def product(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        return transformer_mod.dense_on_rows(x, kernel)
+
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         width = x.shape[-1]
         shape = (width, 3, self.heads, width // self.heads)
         kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, shape[1:], self.param_dtype)
-        qkv = transformer_mod.dense_on_rows(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        qkv = self.product(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
         return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
 
 
@@ -154,15 +157,9 @@ class Projections3D:
     """The model's layout before it moved to row matmuls (dense_on_rows): every projection as an
     einsum or nn.Dense on [B, L, ...] activations, q/k/v from one packed einsum."""
 
-    class QKV(transformer_mod.QKVProjection):
-        @nn.compact
-        def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-            width = x.shape[-1]
-            shape = (width, 3, self.heads, width // self.heads)
-            kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
-            bias = self.param("bias", nn.initializers.zeros, shape[1:], self.param_dtype)
-            qkv = jnp.einsum("bld,dthk->blthk", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    class QKV(PackedQKV):
+        def product(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+            return jnp.einsum("bld,dthk->blthk", x, kernel)
 
     class Out(transformer_mod.AttentionOut):
         @nn.compact
