@@ -13,6 +13,8 @@ counts of both frameworks (torch: `torch.get_num_threads()`, XLA:CPU: one intra-
 
   image   `encode_image` on [B, 224, 224, 3] (ours, jitted) vs [B, 3, 224, 224] (open_clip, inference_mode)
   text    `encode_text` on [B, 77] token ids ending in EOT
+  zeroshot  a zero-shot classifier from ImageNet class names x 80 templates, tokenizer included, through
+          each library's own function (ours trims the padding after the last end-of-text token)
   train   forward both towers, contrastive loss, backward, AdamW, logit-scale clamp. Ours:
           `clip_jax.train_step.make_train_step` + `clip_jax.optim.make_optimizer`, jitted, state donated;
           compile time (lower + compile) reported apart. Theirs: open_clip's model + `open_clip.loss.ClipLoss`
@@ -60,7 +62,7 @@ from clip_jax.train_step import init_train_state, make_train_step  # noqa: E402
 from clip_jax.weights.load import OpenClipStateDict, convert_state_dict  # noqa: E402
 
 MODELS = ("ViT-B-32", "ViT-B-16")
-BENCHMARKS = ("image", "text", "train")
+BENCHMARKS = ("image", "text", "zeroshot", "train")
 TRAIN_MODEL = "ViT-B-32"
 TARGETS = {"image": 1.2, "text": 1.2, "train": 1.2}
 # Features are O(1); the two frameworks sum in different orders, so agreement is to float32 rounding.
@@ -193,6 +195,15 @@ class ConvPatchEmbed(vit_mod.PatchEmbed):
         return x.reshape(x.shape[0], -1, self.width)
 
 
+class FullLastBlock(transformer_mod.ResidualAttentionBlock):
+    """The last block computed on every row and the pooled row picked afterwards (the model computes
+    only the pooled row past the keys and values)."""
+
+    def __call__(self, x: jax.Array, _: Any = None, out_rows: jax.Array | None = None) -> tuple:
+        y, hidden = super().__call__(x, _)
+        return (y if out_rows is None else transformer_mod.take_rows(y, out_rows)), hidden
+
+
 @contextlib.contextmanager
 def _patched(obj: Any, attr: str, value: Any) -> Iterator[None]:
     old = getattr(obj, attr)
@@ -242,6 +253,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("before_rows", patches=(*_3D, *_CONV)),
         Variant("proj_3d", patches=_3D),
         Variant("conv_patch", patches=_CONV),
+        Variant(
+            "full_last_block",
+            patches=(lambda: _patched(transformer_mod, "ResidualAttentionBlock", FullLastBlock),),
+        ),
         Variant("packed_qkv", patches=(lambda: _patched(transformer_mod, "QKVProjection", PackedQKV),)),
         Variant("attn_xla", (("attention_impl", "xla"),)),
         Variant("attn_einsum", patches=(lambda: _patched(transformer_mod, "Attention", EinsumAttention),)),
@@ -337,6 +352,60 @@ def bench_gemm(m: int = 1576, k: int = 768, n: int = 3072, repeats: int = 5) -> 
         benchmark="gemm",
         variant="default",
         compile_s=compile_s,
+        max_abs_diff=max_diff,
+        **_machine_note(),
+    )
+
+
+def bench_zeroshot(pair: Pair, classes: int, repeats: int) -> dict:
+    """Building a zero-shot classifier, as each library's users do: `classes` ImageNet class names x
+    OpenAI's 80 templates, tokenized and encoded in one batch. Ours (`build_zeroshot_classifier`) drops
+    the padding after the last end-of-text token (`trim_tokens`; exact, the text tower is causal);
+    open_clip's `build_zero_shot_classifier` encodes all 77 positions."""
+    import torch
+    from open_clip import get_tokenizer
+    from open_clip.zero_shot_classifier import build_zero_shot_classifier
+
+    from clip_jax.eval import metadata
+    from clip_jax.eval.features import trim_tokens
+    from clip_jax.eval.zeroshot import build_zeroshot_classifier
+    from clip_jax.tokenizer import tokenize
+
+    names = metadata.imagenet_classnames()
+    classnames = names[:: len(names) // classes][:classes]
+    templates = metadata.imagenet_templates()
+    prompts = classes * len(templates)
+    model, params = CLIP(pair.cfg), jax.device_put(pair.params)
+    tokenizer = get_tokenizer(pair.name)
+
+    def ours() -> np.ndarray:
+        return build_zeroshot_classifier(model, params, classnames, templates, batch_size=prompts)
+
+    def theirs() -> np.ndarray:
+        with torch.inference_mode():
+            return build_zero_shot_classifier(
+                pair.torch_model, tokenizer, classnames, templates, num_classes_per_batch=classes
+            ).numpy()
+
+    start = time.perf_counter()
+    first = ours()  # compiles for this token width
+    compile_s = time.perf_counter() - start
+    max_diff = float(np.max(np.abs(first - theirs())))
+    if not max_diff <= ATOL:
+        raise AssertionError(f"{pair.name} zero-shot classifier: max |ours - open_clip| = {max_diff:.2e}")
+    width = trim_tokens(tokenize([t.format(c) for c in classnames for t in templates])).shape[1]
+    return throughput_row(
+        f"{pair.name} zero-shot classifier, {classes} classes x {len(templates)} prompts",
+        "prompts/s",
+        prompts,
+        alternate(ours, theirs, repeats, warmup=0),
+        benchmark="zeroshot",
+        target="text",
+        model=pair.name,
+        batch=prompts,
+        variant="default",
+        tokens_encoded=width,
+        compile_s=compile_s,  # the first call: compilation plus one run
         max_abs_diff=max_diff,
         **_machine_note(),
     )
@@ -445,7 +514,7 @@ def run(
         rows.append(bench_gemm(repeats=max(repeats, 5)))
         _log(rows[-1])
     for name in models:
-        if not set(only) & {"image", "text", "train"}:
+        if not set(only) & {"image", "text", "zeroshot", "train"}:
             break
         pair = make_pair(name)
         for v in variants:
@@ -454,6 +523,9 @@ def run(
                 if tower in only:
                     rows.append(bench_inference(pair, tower, batch, repeats, variant))
                     _log(rows[-1])
+            if "zeroshot" in only and v == "default":
+                rows.append(bench_zeroshot(pair, 2 if quick else 4, repeats))
+                _log(rows[-1])
             if "train" in only and name == (TRAIN_MODEL if TRAIN_MODEL in models else models[0]):
                 rows.append(
                     bench_train_step(
@@ -468,7 +540,7 @@ def run(
 def _log(row: dict) -> None:
     print(
         f"  {row['name']}: ours {row['ours_s']:.3f} s, open_clip {row['theirs_s']:.3f} s, ratio {row['ratio']:.2f}x"
-        f" (by CPU time {row['cpu_ratio']:.2f}x; compile {row['compile_s']:.1f} s)",
+        f" (by CPU time {row['cpu_ratio']:.2f}x; compile {row.get('compile_s', float('nan')):.1f} s)",
         file=sys.stderr,
         flush=True,
     )
@@ -482,6 +554,11 @@ def to_markdown(rows: list[dict]) -> str:
             f"; first-step loss {r['first_loss_ours']:.6f} (ours) vs {r['first_loss_theirs']:.6f} (open_clip)"
             if "first_loss_ours" in r
             else f"; max |ours - open_clip| = {r['max_abs_diff']:.1e}"
+        )
+        + (
+            f"; ours encodes {r['tokens_encoded']} token positions per prompt (trim_tokens), open_clip 77"
+            if "tokens_encoded" in r
+            else ""
         )
         for r in rows
     ]

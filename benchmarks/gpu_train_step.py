@@ -71,7 +71,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------------------------------
 
 
-def transformer_forward_flops(tokens: int, width: int, mlp_width: int, layers: int, causal: bool) -> float:
+def transformer_forward_flops(
+    tokens: int, width: int, mlp_width: int, layers: int, causal: bool, pooled_last: bool = True
+) -> float:
     """Forward matmul FLOPs of `layers` pre-LN blocks for ONE sequence of `tokens` tokens.
 
     Per block (a multiply-add = 2 FLOPs; heads * head_dim = width in both towers):
@@ -80,15 +82,25 @@ def transformer_forward_flops(tokens: int, width: int, mlp_width: int, layers: i
       AV               2 * P * W
       out projection   2 * T * W * W
       MLP c_fc, c_proj 2 * T * W * M  each
+    With `pooled_last` (the unrolled model; `Transformer(pool_rows=...)`), the last block computes one
+    output row: qkv on all T rows, one query against T keys (P = T), out projection and MLP on 1 row.
     LayerNorm, softmax, GELU, bias and residual adds are not matmuls and are not counted.
     """
-    pairs = tokens * (tokens + 1) / 2 if causal else tokens * tokens
-    dense = 2 * tokens * width * (3 * width + width + 2 * mlp_width)
-    attention = 2 * 2 * pairs * width
-    return layers * (dense + attention)
+
+    def block(rows: int, pairs: float) -> float:
+        return (
+            2 * tokens * width * 3 * width
+            + 2 * 2 * pairs * width
+            + 2 * rows * width * (width + 2 * mlp_width)
+        )
+
+    full = block(tokens, tokens * (tokens + 1) / 2 if causal else tokens * tokens)
+    if not pooled_last:
+        return layers * full
+    return (layers - 1) * full + block(1, tokens)
 
 
-def train_flops(cfg: Any, batch: int) -> dict[str, float]:
+def train_flops(cfg: Any, batch: int, pooled_last: bool = True) -> dict[str, float]:
     """Model FLOPs of one train step of CLIP `cfg` on `batch` image-text pairs.
 
     Training = 3 x forward (forward, grad w.r.t. activations, grad w.r.t. weights) for every matmul,
@@ -98,9 +110,9 @@ def train_flops(cfg: Any, batch: int) -> dict[str, float]:
     v, t, embed = cfg.vision, cfg.text, cfg.embed_dim
     patches = v.grid_size**2
     patch_embed = 2 * patches * (3 * v.patch_size**2) * v.width  # conv1 as a [P, 3p^2] x [3p^2, W] matmul
-    vision = transformer_forward_flops(patches + 1, v.width, v.mlp_width, v.layers, causal=False)
+    vision = transformer_forward_flops(patches + 1, v.width, v.mlp_width, v.layers, False, pooled_last)
     vision += 2 * v.width * embed  # ln_post(class token) @ proj
-    text = transformer_forward_flops(t.context_length, t.width, t.mlp_width, t.layers, causal=True)
+    text = transformer_forward_flops(t.context_length, t.width, t.mlp_width, t.layers, True, pooled_last)
     text += 2 * t.width * embed  # EOT token @ text_projection
     logits = 2 * batch * batch * embed
     forward = batch * (patch_embed + vision + text) + logits
@@ -259,7 +271,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.dump_hlo:
         Path(args.dump_hlo).write_text(compiled.as_text())
 
-    flops = train_flops(cfg, args.batch)
+    flops = train_flops(cfg, args.batch, pooled_last=not args.scan)  # scanned layers compute every row
     median = statistics.median(times)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device.device_kind)
     result: dict[str, Any] = {

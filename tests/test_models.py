@@ -49,6 +49,25 @@ def test_scan_and_unrolled_layouts_agree(tiny):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_pooled_last_block_gradients_match_full_computation(tiny, remat_policy):
+    # Unrolled, the last block computes only the pooled rows; scanned, every row. Same loss, same grads.
+    model, params = tiny
+    pooled = CLIP(model.cfg, remat_policy=remat_policy)
+    full = CLIP(model.cfg, scan=True, remat_policy=remat_policy)
+
+    def loss(m, p):
+        img, txt, scale = m.apply({"params": p}, images(), TOKENS)
+        return jnp.sum(jax.nn.log_softmax(scale * img @ txt.T) * jnp.eye(2))
+
+    g_pooled = jax.jit(jax.grad(lambda p: loss(pooled, p)))(params)
+    g_full = unstack_layers(jax.jit(jax.grad(lambda p: loss(full, p)))(stack_layers(params)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_pooled, g_full)
+    # Positions past each text's end-of-text token never reach the pooled row.
+    pos_grad = np.asarray(g_pooled["text"]["positional_embedding"])
+    assert np.abs(pos_grad[:6]).max() > 0 and not pos_grad[6:].any()
+
+
 def test_hidden_layer_states(tiny):
     model, params = tiny
     last = model.apply({"params": params}, TOKENS, hidden_layer=-1, method=model.encode_text)

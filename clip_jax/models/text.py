@@ -48,6 +48,8 @@ class TextTransformer(nn.Module):
         if tokens.shape[1] > cfg.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the context length {cfg.context_length}")
         x = x + pos[: tokens.shape[1]].astype(self.dtype)
+        # The end-of-text token has the largest id in the vocabulary, so argmax finds it.
+        eot = jnp.argmax(tokens, axis=-1)
         x = Transformer(
             cfg.layers,
             cfg.heads,
@@ -59,13 +61,10 @@ class TextTransformer(nn.Module):
             attention_impl=self.attention_impl,
             name="transformer",
             **kw,
-        )(x, return_layer=hidden_layer)
+        )(x, return_layer=hidden_layer, pool_rows=None if hidden_layer is not None else eot)
         if hidden_layer is not None:
             return x
-        x = LayerNorm(name="ln_final", **kw)(x)
-        # The end-of-text token has the largest id in the vocabulary, so argmax finds it.
-        eot = jnp.argmax(tokens, axis=-1)
-        pooled = jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+        pooled = LayerNorm(name="ln_final", **kw)(x)
         proj = self.param(
             "text_projection",
             _p(nn.initializers.normal(cfg.width**-0.5), ("embed", "joint")),

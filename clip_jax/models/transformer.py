@@ -47,6 +47,12 @@ def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, names)
 
 
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """x [B, L, ...], rows [B] (int) -> x[b, rows[b]] for every b, keeping the length axis: [B, 1, ...]."""
+    index = rows.astype(jnp.int32).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
 def dense_on_rows(x: jax.Array, kernel: jax.Array, in_dims: int = 1) -> jax.Array:
     """Contract the last `in_dims` axes of x [..., *in] with kernel [*in, *out] as one 2-D row matmul.
 
@@ -89,12 +95,19 @@ class Attention(nn.Module):
     attention_impl: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:
+        """x [B, L, W] -> [B, L, W]; with `query_rows` [B] (int), only those query rows: [B, 1, W]."""
         q, k, v = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
         q, k, v = (
             nn.with_logical_constraint(a, ("act_batch", "act_len", "act_heads", None)) for a in (q, k, v)
         )
-        out = attention(q, k, v, causal=self.causal, implementation=self.attention_impl)
+        if query_rows is None:
+            out = attention(q, k, v, causal=self.causal, implementation=self.attention_impl)
+        else:
+            # One query per sequence attends to every key (or, causally, to keys up to its position).
+            # Such a call is a negligible share of the work, so it takes XLA's path whatever the setting.
+            lengths = query_rows.astype(jnp.int32) + 1 if self.causal else None
+            out = jax.nn.dot_product_attention(take_rows(q, query_rows), k, v, key_value_seq_lengths=lengths)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
         return AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
@@ -229,11 +242,19 @@ class ResidualAttentionBlock(nn.Module):
     emit_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array | None]:
+    def __call__(
+        self, x: jax.Array, _: Any = None, out_rows: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """x [B, L, W] -> [B, L, W]. With `out_rows` [B] (int), computes and returns only those rows of
+        the output, [B, 1, W]: every row is still normalised and projected to keys and values, but the
+        queries, output projection and MLP run on one row per sequence."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         h = LayerNorm(name="ln_1", **kw)(x)
-        x = x + Attention(self.heads, self.causal, attention_impl=self.attention_impl, name="attn", **kw)(h)
+        attn = Attention(self.heads, self.causal, attention_impl=self.attention_impl, name="attn", **kw)
+        if out_rows is not None:
+            x = take_rows(x, out_rows)
+        x = x + attn(h, out_rows)
         h = LayerNorm(name="ln_2", **kw)(x)
         x = x + MLP(self.mlp_width, self.quick_gelu, name="mlp", **kw)(h)
         # Returned as a (carry, output) pair so the same module works under nn.scan.
@@ -264,8 +285,17 @@ class Transformer(nn.Module):
     attention_impl: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, return_layer: int | None = None) -> jax.Array:
-        """Run the blocks. With `return_layer=i`, return the output of block i (Python indexing)."""
+    def __call__(
+        self, x: jax.Array, return_layer: int | None = None, pool_rows: jax.Array | None = None
+    ) -> jax.Array:
+        """Run the blocks on x [B, L, W] and return their output [B, L, W].
+
+        With `return_layer=i`, return the output of block i (Python indexing) instead. With `pool_rows`
+        [B] (int), return only row pool_rows[b] of each sequence, [B, W]: the token a tower pools
+        (class token, end-of-text). Unrolled, the last block then computes just that row past its
+        keys and values, which is exact (no other output row feeds it) and saves ~1/layers of the
+        tower's matmuls in inference and training alike; scanned, all rows are computed and one kept.
+        """
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(
                 f"unknown remat_policy {self.remat_policy!r}; choose from {list(REMAT_POLICIES)}"
@@ -284,11 +314,14 @@ class Transformer(nn.Module):
             param_dtype=self.param_dtype,
             attention_impl=self.attention_impl,
         )
+        if return_layer is not None and pool_rows is not None:
+            raise ValueError("return_layer and pool_rows are exclusive: a pooled row is a last-layer output")
         stop = self.layers if return_layer is None else range(self.layers)[return_layer] + 1
         if not self.scan:
             for i in range(stop):
-                x, _ = block_cls(name=f"resblocks_{i}", **kw)(x)
-            return x
+                rows = pool_rows if i == self.layers - 1 else None
+                x, _ = block_cls(name=f"resblocks_{i}", **kw)(x, None, rows)
+            return x if pool_rows is None else x[:, 0]
         # A scan runs every layer; for an intermediate layer it emits all outputs and we pick one.
         emit = return_layer is not None
         x, hidden = nn.scan(
@@ -298,7 +331,9 @@ class Transformer(nn.Module):
             length=self.layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(name="resblocks", emit_hidden=emit, **kw)(x, None)
-        return hidden[stop - 1] if emit else x
+        if emit:
+            return hidden[stop - 1]
+        return x if pool_rows is None else take_rows(x, pool_rows)[:, 0]
 
 
 def stack_layers(params: dict, prefix: str = "resblocks") -> dict:

@@ -62,8 +62,8 @@ class VisionTransformer(nn.Module):
             attention_impl=self.attention_impl,
             name="transformer",
             **kw,
-        )(x)
-        pooled = LayerNorm(name="ln_post", **kw)(x[:, 0])
+        )(x, pool_rows=jnp.zeros((b,), jnp.int32))  # the class token
+        pooled = LayerNorm(name="ln_post", **kw)(x)
         proj = self.param(
             "proj",
             _p(nn.initializers.normal(scale), ("embed", "joint")),
