@@ -76,8 +76,8 @@ BENCHMARKS = {
         Benchmark(
             "inference",
             "bench_models",
-            "Image and text tower inference (fp32)",
-            lambda m, q: m.run(quick=q, only=("image", "text")),
+            "Image and text tower inference (fp32), and a zero-shot classifier built by each library",
+            lambda m, q: m.run(quick=q, only=("image", "text", "zeroshot")),
         ),
         Benchmark(
             "train_step",
