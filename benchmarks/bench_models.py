@@ -123,10 +123,11 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 class EinsumAttention(transformer_mod.Attention):
-    """Attention as two einsums and a softmax, instead of jax.nn.dot_product_attention."""
+    """Attention as two einsums and a softmax, instead of jax.nn.dot_product_attention. With `query_rows`
+    (the model's last block), every row is attended and the pooled rows kept."""
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:
         q, k, v = transformer_mod.QKVProjection(
             self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
         )(x)
@@ -136,6 +137,8 @@ class EinsumAttention(transformer_mod.Attention):
             logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, jnp.finfo(logits.dtype).min)
         probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        if query_rows is not None:
+            out = transformer_mod.take_rows(out, query_rows)
         return transformer_mod.AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
 
