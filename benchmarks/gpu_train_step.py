@@ -209,8 +209,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.attention == "auto":
         # The model's plain "cudnn" fails on ViT-B-16's odd sequence lengths (see the experiment), and
         # "xla" was 1.4x slower on the H100 (benchmarks/RESULTS_GPU.md).
-        args.attention = "cudnn" if device.platform == "gpu" else "xla"
-    impl = args.attention
+        args.attention = "cudnn" if device.platform == "gpu" else "heads_major"
+    impl = None if args.attention == "heads_major" else args.attention
     if args.ln == "custom_vjp":
         install_custom_vjp_layernorm()
     if args.attention == "cudnn_padded":
@@ -508,10 +508,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="compute dtype")
     p.add_argument(
         "--attention",
-        choices=("auto", "xla", "cudnn", "cudnn_padded"),
+        choices=("auto", "heads_major", "xla", "cudnn", "cudnn_padded"),
         default="auto",
-        help="jax.nn.dot_product_attention implementation; auto = cudnn on GPUs, else xla "
-        "(the model pads odd sequence lengths for cudnn); cudnn_padded is an alias of cudnn",
+        help="attention: heads_major = the model's default (clip_jax.models.transformer."
+        "heads_major_attention), xla / cudnn = jax.nn.dot_product_attention's; auto = cudnn on GPUs, else "
+        "heads_major (the model pads odd sequence lengths for cudnn); cudnn_padded is an alias of cudnn",
     )
     p.add_argument(
         "--ln",

@@ -25,7 +25,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
     c.scan = False  # nn.scan over layers (faster compiles for deep models)
     c.remat_policy = "none"  # none | full | dots | dots_no_batch
-    c.attention_impl = ""  # "" lets XLA choose; "cudnn" or "xla" to force one
+    # "": clip_jax's heads-major XLA attention; "xla" / "cudnn": jax.nn.dot_product_attention's.
+    c.attention_impl = ""
     c.patch_dropout = 0.0  # FLIP: fraction of image patches dropped during training
 
     c.batch_size = 256  # global, over all devices and processes

@@ -13,7 +13,7 @@ from clip_jax.models import (
     stack_layers,
     unstack_layers,
 )
-from clip_jax.models.transformer import padded_attention
+from clip_jax.models.transformer import attention, heads_major_attention, padded_attention
 
 TOKENS = jnp.asarray([[49406, 320, 1929, 49407] + [0] * 73, [49406, 320, 2368, 539, 518, 49407] + [0] * 71])
 
@@ -35,6 +35,33 @@ def test_padded_attention_equals_unpadded(causal):
     ref = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
     out = padded_attention(q, k, v, causal=causal, implementation=None)
     np.testing.assert_allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_heads_major_attention_equals_jax_attention(causal, dtype):
+    # The model's default attention against jax.nn.dot_product_attention, values and gradients.
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 13, 3, 8), dtype) for i in range(3))
+
+    def loss(fn, q, k, v):
+        return jnp.sum(jnp.sin(fn(q, k, v).astype(jnp.float32)))
+
+    ours = lambda q, k, v: heads_major_attention(q, k, v, causal=causal)  # noqa: E731
+    ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    tol = 1e-6 if dtype == jnp.float32 else 2e-2
+    out = ours(q, k, v)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(np.float32(out), np.float32(ref(q, k, v)), atol=tol)
+    grads = jax.grad(lambda *a: loss(ours, *a), argnums=(0, 1, 2))(q, k, v)
+    ref_grads = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
+    for g, r in zip(grads, ref_grads, strict=True):
+        np.testing.assert_allclose(np.float32(g), np.float32(r), atol=5 * tol)
+
+
+def test_unknown_attention_impl_is_named():
+    q = jnp.zeros((1, 4, 2, 8))
+    with pytest.raises(ValueError, match="attention_impl.*'flash'"):
+        attention(q, q, q, causal=False, implementation="flash")
 
 
 def test_scan_and_unrolled_layouts_agree(tiny):
