@@ -53,9 +53,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import alternate, ratio_table, throughput_row  # noqa: E402
-from clip_jax.models import CLIP, CLIPConfig, get_model_config, stack_layers  # noqa: E402
+from clip_jax.models import CLIP, CLIPConfig, stack_layers  # noqa: E402
 from clip_jax.models import transformer as transformer_mod  # noqa: E402
 from clip_jax.models import vit as vit_mod  # noqa: E402
+from clip_jax.models.config import MODEL_CONFIGS  # noqa: E402
 from clip_jax.optim import make_optimizer  # noqa: E402
 from clip_jax.random_batches import RandomBatches  # noqa: E402
 from clip_jax.train_step import init_train_state, make_train_step  # noqa: E402
@@ -91,7 +92,8 @@ def make_pair(name: str, seed: int = 0) -> Pair:
     torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None).eval()
     state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    cfg = get_model_config(name)
+    # Any open_clip ViT config, through the project's translator when clip_jax's registry lacks it.
+    cfg = MODEL_CONFIGS.get(name) or CLIPConfig.from_open_clip(open_clip.get_model_config(name))
     ckpt = OpenClipStateDict(state_dict, Path(f"<random open_clip {name}>"), "open_clip")
     params = convert_state_dict(ckpt, cfg, what=f"model {name!r}")
     return Pair(name, cfg, model, params)

@@ -6,6 +6,7 @@ open_clip itself skip when torch/open_clip are not installed.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import jax
@@ -15,6 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from clip_jax import (
+    CLIPConfig,
     export_open_clip,
     get_model_config,
     init_params,
@@ -24,6 +26,7 @@ from clip_jax import (
     stack_layers,
 )
 from clip_jax.convert import main as convert_main
+from clip_jax.models.config import MODEL_CONFIGS
 from clip_jax.weights.hf import config_from_hf
 from clip_jax.weights.load import param_shapes
 from clip_jax.weights.open_clip import params_to_state_dict
@@ -217,6 +220,69 @@ def test_hf_config_json():
         }
     )
     assert cfg == get_model_config("ViT-L-14-quickgelu")  # HF's default hidden_act is quick_gelu
+
+
+def tiny_open_clip_json() -> dict:
+    """TINY as open_clip's model_configs json spells it."""
+    v, t = TINY.vision, TINY.text
+    return {
+        "embed_dim": TINY.embed_dim,
+        "vision_cfg": {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width,
+                       "layers": v.layers, "head_width": v.head_width},
+        "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
+                     "heads": t.heads, "layers": t.layers},
+    }  # fmt: skip
+
+
+def test_open_clip_config_json_beside_weights(tiny_params, tiny_sd, tmp_path):
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny_open_clip_json()}))
+    model, params = load_pretrained(None, write(tiny_sd, tmp_path / "open_clip_model.safetensors"))
+    assert model.cfg == TINY
+    assert tree_equal(jax.tree.map(np.asarray, params), tiny_params)
+
+
+@pytest.mark.parametrize(
+    "section, option, named",
+    [
+        ("text_cfg", {"pool_type": "eos", "eos_id": 2}, "pool_type"),  # MetaCLIP 2 worldwide
+        ("text_cfg", {"hf_model_name": "roberta-base", "hf_pooler_type": "mean_pooler"}, "hf_model_name"),
+        ("text_cfg", {"hf_tokenizer_name": "google/mt5-base"}, "hf_tokenizer_name"),
+        ("text_cfg", {"embed_cls": True}, "embed_cls"),  # CoCa
+        ("vision_cfg", {"timm_model_name": "vit_base_patch16_siglip_224"}, "timm_model_name"),
+        ("vision_cfg", {"pool_type": "avg"}, "pool_type"),
+        ("vision_cfg", {"layers": [3, 4, 6, 3]}, "ResNet"),
+        ("vision_cfg", {"new_option": 1}, "new_option"),
+        (None, {"multimodal_cfg": {"layers": 12}}, "multimodal_cfg"),
+    ],
+)
+def test_open_clip_configs_of_other_architectures_are_refused(section, option, named, tiny_sd, tmp_path):
+    # A model clip_jax cannot build must fail loudly, not load into the plain CLIP towers.
+    cfg = tiny_open_clip_json()
+    (cfg[section] if section else cfg).update(option)
+    with pytest.raises(ValueError, match=named):
+        CLIPConfig.from_open_clip(cfg)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=named):
+        load_pretrained(None, write(tiny_sd, tmp_path / "open_clip_model.safetensors"))
+
+
+def test_open_clip_model_configs_translate_or_are_refused():
+    # Every config open_clip ships: the plain ViT ones translate to the same sizes clip_jax's registry
+    # holds; the rest (timm, HF, CoCa, ResNet, ...) raise a ValueError.
+    open_clip = pytest.importorskip("open_clip")
+    translated = []
+    for name in open_clip.list_models():
+        try:
+            cfg = CLIPConfig.from_open_clip(open_clip.get_model_config(name))
+        except ValueError:
+            continue
+        translated.append(name)
+        if name in MODEL_CONFIGS:
+            assert cfg == MODEL_CONFIGS[name], name
+    assert {"ViT-B-32", "ViT-B-16-quickgelu", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14"} <= set(translated)
+    assert not {"coca_ViT-B-32", "roberta-ViT-B-32", "ViT-H-14-worldwide", "RN50", "ViT-B-16-SigLIP"} & set(
+        translated
+    )
 
 
 def test_hf_file_errors_name_file_keys(tmp_path):

@@ -80,13 +80,20 @@ class CLIPConfig:
 
     @classmethod
     def from_open_clip(cls, cfg: Mapping[str, Any]) -> CLIPConfig:
-        """Translate an open_clip `model_configs/*.json` dict (vision_cfg / text_cfg keys)."""
+        """Translate an open_clip `model_configs/*.json` dict (vision_cfg / text_cfg keys).
+
+        Options that change the model's function away from the plain CLIP towers (timm or Hugging Face
+        towers, CoCa's decoder, other pooling, layer scale, ...) raise a ValueError naming them, so a
+        checkpoint is never loaded into a model that computes something else.
+        """
+        _check_open_clip_options(cfg, _OPEN_CLIP_TOP, "open_clip config")
         v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
-        unsupported = {
-            k: v[k] for k in ("timm_model_name", "attentional_pool", "ls_init_value", "no_ln_pre") if v.get(k)
-        }
-        if unsupported:
-            raise ValueError(f"open_clip vision options not supported by clip_jax: {unsupported}")
+        if isinstance(v.get("layers"), (list, tuple)):
+            raise ValueError(
+                f"open_clip vision_cfg.layers = {v['layers']}: ResNet image towers are not supported"
+            )
+        _check_open_clip_options(v, _OPEN_CLIP_VISION, "open_clip vision_cfg")
+        _check_open_clip_options(t, _OPEN_CLIP_TEXT, "open_clip text_cfg")
         vision = VisionConfig(
             image_size=_as_int(v.get("image_size", 224)),
             patch_size=_as_int(v.get("patch_size", 16)),
@@ -109,6 +116,84 @@ class CLIPConfig:
             text=text,
             quick_gelu=bool(cfg.get("quick_gelu", False)),
             init_logit_bias=cfg.get("init_logit_bias"),
+        )
+
+
+# open_clip config keys clip_jax reads: {key: None} when translated (or inert, such as output_tokens),
+# {key: value} when only open_clip's default value describes the plain CLIP tower clip_jax builds.
+_ANY = None
+_OPEN_CLIP_TOP = {
+    "embed_dim": _ANY,
+    "vision_cfg": _ANY,
+    "text_cfg": _ANY,
+    "quick_gelu": _ANY,
+    "init_logit_bias": _ANY,
+    "init_logit_scale": _ANY,  # the initial value only; loaded weights carry their own
+    "custom_text": _ANY,  # the same text tower under `text.`; the weights reader strips the prefix
+    "cast_dtype": _ANY,
+    "multimodal_cfg": (None,),  # CoCa's text decoder
+}
+_OPEN_CLIP_VISION = {
+    **dict.fromkeys(("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio"), _ANY),
+    "output_tokens": _ANY,
+    "patch_dropout": _ANY,  # training-time only; open_clip disables it in eval mode
+    "ls_init_value": (None,),
+    "attentional_pool": (False,),
+    "no_ln_pre": (False,),
+    "pos_embed_type": ("learnable",),
+    "final_ln_after_pool": (False,),
+    "pool_type": ("tok",),
+    "act_kwargs": (None, {}),
+    "norm_kwargs": (None, {}),
+    "timm_model_name": (None,),
+    # Inert unless their switch above is set (attentional_pool, timm_model_name).
+    **dict.fromkeys(("attn_pooler_queries", "attn_pooler_heads"), _ANY),
+    **dict.fromkeys(("timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop"), _ANY),
+    "timm_drop_path": _ANY,
+    "block_type": (None, "default"),
+    **dict.fromkeys(
+        ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"),
+        (False,),
+    ),
+}
+_OPEN_CLIP_TEXT = {
+    **dict.fromkeys(("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"), _ANY),
+    "output_tokens": _ANY,
+    "pad_id": _ANY,  # only read with embed_cls
+    "eos_id": _ANY,  # only read with pool_type "eos"
+    "hf_tokenizer_name": (None,),  # clip_jax tokenizes with CLIP's BPE only
+    "tokenizer_mode": (None,),
+    "tokenizer_kwargs": (None, {}),
+    "ls_init_value": (None,),
+    "embed_cls": (False,),
+    "no_causal_mask": (False,),
+    "final_ln_after_pool": (False,),
+    "pool_type": ("argmax",),
+    "proj_bias": (False,),
+    "proj_type": ("linear",),
+    "act_kwargs": (None, {}),
+    "norm_kwargs": (None, {}),
+    "hf_model_name": (None,),
+    **dict.fromkeys(("hf_model_pretrained", "hf_proj_type", "hf_pooler_type"), _ANY),  # inert without it
+    "block_type": (None, "default"),
+    **dict.fromkeys(
+        ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"),
+        (False,),
+    ),
+}
+
+
+def _check_open_clip_options(d: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; clip_jax reads {sorted(allowed)}")
+    unsupported = {k: d[k] for k, ok in allowed.items() if k in d and ok is not _ANY and d[k] not in ok}
+    if unsupported:
+        raise ValueError(
+            f"{where}: {unsupported} not supported by clip_jax, which builds the plain CLIP ViT and text "
+            "transformer (supported values: "
+            + ", ".join(f"{k} in {list(allowed[k])}" for k in unsupported)
+            + ")"
         )
 
 
