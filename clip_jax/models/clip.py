@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -72,8 +73,14 @@ def _scalar_init(value: float):
     return nn.with_logical_partitioning(lambda key, shape, dtype: jnp.full(shape, value, dtype), ())
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(model: CLIP, rng: jax.Array) -> dict:
-    """Initialise parameters (unboxed plain arrays) with dummy inputs of the model's sizes."""
+    """Initialise parameters (unboxed plain arrays) with dummy inputs of the model's sizes.
+
+    Jitted, with the model as a static argument: run op by op, Flax's init dispatches hundreds of small
+    random-number programs (22 s for the tiny test model on 2 CPU cores; 8 s compiled), and equal models
+    share one compiled executable.
+    """
     cfg = model.cfg
     images = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
     tokens = jnp.zeros((1, cfg.text.context_length), jnp.int32)
