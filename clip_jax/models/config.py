@@ -119,8 +119,8 @@ class CLIPConfig:
         )
 
 
-# open_clip config keys clip_jax reads: {key: None} when translated (or inert, such as output_tokens),
-# {key: value} when only open_clip's default value describes the plain CLIP tower clip_jax builds.
+# open_clip config keys clip_jax reads: _ANY when translated (or inert, such as output_tokens), else the
+# tuple of values (open_clip's defaults) that describe the plain CLIP tower clip_jax builds.
 _ANY = None
 _OPEN_CLIP_TOP = {
     "embed_dim": _ANY,
@@ -133,53 +133,48 @@ _OPEN_CLIP_TOP = {
     "cast_dtype": _ANY,
     "multimodal_cfg": (None,),  # CoCa's text decoder
 }
-_OPEN_CLIP_VISION = {
-    **dict.fromkeys(("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio"), _ANY),
+# Options of open_clip's transformer blocks and pooling that both towers share.
+_OPEN_CLIP_TOWER = {
     "output_tokens": _ANY,
-    "patch_dropout": _ANY,  # training-time only; open_clip disables it in eval mode
     "ls_init_value": (None,),
-    "attentional_pool": (False,),
-    "no_ln_pre": (False,),
-    "pos_embed_type": ("learnable",),
     "final_ln_after_pool": (False,),
-    "pool_type": ("tok",),
     "act_kwargs": (None, {}),
     "norm_kwargs": (None, {}),
-    "timm_model_name": (None,),
-    # Inert unless their switch above is set (attentional_pool, timm_model_name).
-    **dict.fromkeys(("attn_pooler_queries", "attn_pooler_heads"), _ANY),
-    **dict.fromkeys(("timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop"), _ANY),
-    "timm_drop_path": _ANY,
     "block_type": (None, "default"),
     **dict.fromkeys(
         ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"),
         (False,),
     ),
 }
+_OPEN_CLIP_VISION = {
+    **_OPEN_CLIP_TOWER,
+    **dict.fromkeys(("image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio"), _ANY),
+    "patch_dropout": _ANY,  # training-time only; open_clip disables it in eval mode
+    "attentional_pool": (False,),
+    "no_ln_pre": (False,),
+    "pos_embed_type": ("learnable",),
+    "pool_type": ("tok",),
+    "timm_model_name": (None,),
+    # Inert unless their switch above is set (attentional_pool, timm_model_name).
+    **dict.fromkeys(("attn_pooler_queries", "attn_pooler_heads"), _ANY),
+    **dict.fromkeys(("timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop"), _ANY),
+    "timm_drop_path": _ANY,
+}
 _OPEN_CLIP_TEXT = {
+    **_OPEN_CLIP_TOWER,
     **dict.fromkeys(("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"), _ANY),
-    "output_tokens": _ANY,
     "pad_id": _ANY,  # only read with embed_cls
     "eos_id": _ANY,  # only read with pool_type "eos"
     "hf_tokenizer_name": (None,),  # clip_jax tokenizes with CLIP's BPE only
     "tokenizer_mode": (None,),
     "tokenizer_kwargs": (None, {}),
-    "ls_init_value": (None,),
     "embed_cls": (False,),
     "no_causal_mask": (False,),
-    "final_ln_after_pool": (False,),
     "pool_type": ("argmax",),
     "proj_bias": (False,),
     "proj_type": ("linear",),
-    "act_kwargs": (None, {}),
-    "norm_kwargs": (None, {}),
     "hf_model_name": (None,),
     **dict.fromkeys(("hf_model_pretrained", "hf_proj_type", "hf_pooler_type"), _ANY),  # inert without it
-    "block_type": (None, "default"),
-    **dict.fromkeys(
-        ("qk_norm", "scaled_cosine_attn", "scale_heads", "scale_attn_inner", "scale_attn", "scale_fc"),
-        (False,),
-    ),
 }
 
 
