@@ -125,8 +125,9 @@ def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 class EinsumAttention(transformer_mod.Attention):
-    """Attention as two einsums and a softmax, instead of jax.nn.dot_product_attention. With `query_rows`
-    (the model's last block), every row is attended and the pooled rows kept."""
+    """Attention as two einsums and a softmax on the [B, L, H, D] layout (the model's default makes
+    heads-major copies first). With `query_rows` (the model's last block), every row is attended and the
+    pooled rows kept."""
 
     @nn.compact
     def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:

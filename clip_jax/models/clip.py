@@ -78,7 +78,7 @@ def init_params(model: CLIP, rng: jax.Array) -> dict:
     """Initialise parameters (unboxed plain arrays) with dummy inputs of the model's sizes.
 
     Jitted, with the model as a static argument: run op by op, Flax's init dispatches hundreds of small
-    random-number programs (22 s for the tiny test model on 2 CPU cores; 8 s compiled), and equal models
+    random-number programs (22 s for the tiny test model on 2 CPU cores; 10 s compiled), and equal models
     share one compiled executable.
     """
     cfg = model.cfg
