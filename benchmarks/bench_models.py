@@ -84,6 +84,16 @@ class Pair:
     params: dict  # per-layer numpy params converted from torch_model's state dict
 
 
+def model_config(name: str) -> CLIPConfig:
+    """clip_jax's config of the open_clip model `name` (any open_clip ViT, through the translator)."""
+    import open_clip
+
+    open_clip_cfg = open_clip.get_model_config(name)
+    if open_clip_cfg is None:
+        raise ValueError(f"{name!r} is not an open_clip model config (open_clip.list_models() has them)")
+    return MODEL_CONFIGS.get(name) or CLIPConfig.from_open_clip(open_clip_cfg)
+
+
 def make_pair(name: str, seed: int = 0) -> Pair:
     """A random open_clip model and the same weights as clip_jax params (via the project's converter)."""
     import open_clip
@@ -92,8 +102,7 @@ def make_pair(name: str, seed: int = 0) -> Pair:
     torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None).eval()
     state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    # Any open_clip ViT config, through the project's translator when clip_jax's registry lacks it.
-    cfg = MODEL_CONFIGS.get(name) or CLIPConfig.from_open_clip(open_clip.get_model_config(name))
+    cfg = model_config(name)
     ckpt = OpenClipStateDict(state_dict, Path(f"<random open_clip {name}>"), "open_clip")
     params = convert_state_dict(ckpt, cfg, what=f"model {name!r}")
     return Pair(name, cfg, model, params)
@@ -714,14 +723,28 @@ def main() -> None:
     if args.sweep:
         print(variants_markdown(sweep(quick=args.quick)))
         return
+    models, only, variants = (tuple(a.split(",")) for a in (args.models, args.only, args.variants))
+    # Bad names fail here, before minutes of building models, with the option that holds them.
+    for name in models:
+        try:
+            model_config(name)
+        except ValueError as e:
+            parser.error(f"--models {name}: {e}")
+    for given, known, flag in (
+        (only, (*BENCHMARKS, "gemm"), "--only"),
+        (variants, tuple(VARIANTS), "--variants"),
+    ):
+        unknown = [x for x in given if x not in known]
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     rows = run(
         quick=args.quick,
-        models=tuple(args.models.split(",")),
-        only=tuple(args.only.split(",")),
+        models=models,
+        only=only,
         batch=args.batch,
         train_batch=args.train_batch,
         repeats=args.repeats,
-        variants=tuple(args.variants.split(",")),
+        variants=variants,
     )
     print(to_markdown(rows))
     if args.json:

@@ -94,6 +94,12 @@ BENCHMARKS = {
             lambda m, q: m.run(quick=q, models=(m.TRAIN_MODEL,), only=("train",)),
         ),
         Benchmark(
+            "train_step_b16",
+            "bench_models",
+            "Full train step (fp32) of ViT-B-16: 197 tokens, where attention weighs more",
+            lambda m, q: m.run(quick=q, models=("ViT-B-16",), only=("train",), train_batch=4 if q else 8),
+        ),
+        Benchmark(
             "tokenizer",
             "bench_tokenizer",
             "Tokenizer throughput",
@@ -264,7 +270,7 @@ def _summary(records: dict) -> str:
     from benchmarks.common import ratio_table
 
     rows = []
-    for name in ("inference", "train_step", "tokenizer"):
+    for name in ("inference", "train_step", "train_step_b16", "tokenizer"):
         result = records.get(name, {}).get("result")
         if result is None:
             continue
