@@ -76,7 +76,7 @@ def test_scan_and_unrolled_layouts_agree(tiny):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 
-@pytest.mark.parametrize("remat_policy", ["none", "full"])
+@pytest.mark.parametrize("remat_policy", ["none", "full", "dots"])
 def test_pooled_last_block_gradients_match_full_computation(tiny, remat_policy):
     # Unrolled, the last block computes only the pooled rows; scanned, every row. Same loss, same grads.
     model, params = tiny
