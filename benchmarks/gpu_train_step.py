@@ -207,8 +207,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cfg = get_model_config(args.model)
     device = jax.devices()[0]
     if args.attention == "auto":
-        # The model's plain "cudnn" fails on ViT-B-16's odd sequence lengths (see the experiment), and
-        # "xla" was 1.4x slower on the H100 (benchmarks/RESULTS_GPU.md).
+        # cuDNN's fused attention (the model pads odd sequence lengths for it): "xla" was 1.4x slower on
+        # the H100 (benchmarks/RESULTS_GPU.md).
         args.attention = "cudnn" if device.platform == "gpu" else "heads_major"
     impl = None if args.attention == "heads_major" else args.attention
     if args.ln == "custom_vjp":

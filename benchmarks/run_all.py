@@ -61,6 +61,7 @@ class Benchmark:
     call: Callable  # (module, quick) -> result (a dict or a list of dicts)
     xla_flags: str = ""
     default: bool = True
+    summary: bool = False  # its ours-vs-open_clip ratios go into RESULTS.md's summary table
 
 
 def _kwargs_known(fn: Callable, **kwargs) -> dict:
@@ -86,24 +87,28 @@ BENCHMARKS = {
             "bench_models",
             "Image and text tower inference (fp32), and a zero-shot classifier built by each library",
             lambda m, q: m.run(quick=q, only=("image", "text", "zeroshot")),
+            summary=True,
         ),
         Benchmark(
             "train_step",
             "bench_models",
             "Full train step (fp32): forward, contrastive loss, backward, AdamW",
             lambda m, q: m.run(quick=q, models=(m.TRAIN_MODEL,), only=("train",)),
+            summary=True,
         ),
         Benchmark(
             "train_step_b16",
             "bench_models",
             "Full train step (fp32) of ViT-B-16: 197 tokens, where attention weighs more",
             lambda m, q: m.run(quick=q, models=("ViT-B-16",), only=("train",), train_batch=4 if q else 8),
+            summary=True,
         ),
         Benchmark(
             "tokenizer",
             "bench_tokenizer",
             "Tokenizer throughput",
             lambda m, q: dict(m.run(repeats=2 if q else 5), target="tokenizer", unit="prompts/s"),
+            summary=True,
         ),
         Benchmark(
             "train_memory",
@@ -270,7 +275,7 @@ def _summary(records: dict) -> str:
     from benchmarks.common import ratio_table
 
     rows = []
-    for name in ("inference", "train_step", "train_step_b16", "tokenizer"):
+    for name in (n for n, b in BENCHMARKS.items() if b.summary):
         result = records.get(name, {}).get("result")
         if result is None:
             continue

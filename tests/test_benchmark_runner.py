@@ -40,11 +40,13 @@ GOOD = {
 
 
 def _failure(quick: bool) -> dict:
-    return {**GOOD, "quick": quick, "date": "2026-01-02 00:00 UTC", "result": None, "error": "exit status 1"}
+    """What run_worker returns for a benchmark that failed: no result, an error."""
+    record = {k: v for k, v in GOOD.items() if k != "result"}
+    return {**record, "quick": quick, "date": "2026-01-02 00:00 UTC", "error": "exit status 1"}
 
 
 def test_stored_record_never_loses_figures(run_all):
-    failed = {k: v for k, v in _failure(False).items() if k != "result"}
+    failed = _failure(False)
     kept = run_all.stored_record(GOOD, failed)
     assert kept["result"] == GOOD["result"] and kept["date"] == GOOD["date"]
     assert kept["failed_attempt"] == {
@@ -61,7 +63,7 @@ def test_stored_record_never_loses_figures(run_all):
 
 def test_failed_run_keeps_results_and_says_so(run_all, monkeypatch):
     run_all.RESULTS_JSON.write_text(json.dumps({"tokenizer": GOOD}))
-    failure = {k: v for k, v in _failure(True).items() if k != "result"}
+    failure = _failure(True)
     monkeypatch.setattr(run_all, "run_worker", lambda name, quick: dict(failure))
     monkeypatch.setattr(sys, "argv", ["run_all.py", "--quick", "--only", "tokenizer"])
     with pytest.raises(SystemExit, match="failed: tokenizer"):
