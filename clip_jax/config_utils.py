@@ -6,11 +6,13 @@ error that names it, so a typo never silently trains with a default.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import ml_collections
 
 from clip_jax.models.config import CLIPConfig, get_model_config
+from clip_jax.optim import NO_DECAY
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -45,6 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.b2 = 0.98
     c.eps = 1e-6
     c.grad_clip_norm = 0.0  # 0 disables clipping
+    # Regexes of parameter paths without weight decay; the default is open_clip's rule (clip_jax/optim.py).
+    c.no_decay = NO_DECAY
     c.freeze = ()  # regexes of parameter paths to freeze; LiT: ("^visual/",)
     c.lr_mults = ()  # ((regex, multiplier), ...); the last matching rule wins
 
@@ -58,7 +62,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.eval_every = 0  # 0: only at the end (if eval datasets are configured)
 
-    c.data = ml_collections.ConfigDict({"source": "random"})
+    # "random": RandomBatches (distinct_batches: 0 for an endless stream, n to cycle through n batches).
+    c.data = ml_collections.ConfigDict({"source": "random", "distinct_batches": 0})
     # Zero-shot evaluations run every eval_every steps: list of dicts understood by clip_jax.eval.
     c.eval = ml_collections.ConfigDict({"zeroshot": []})
     return c
@@ -78,9 +83,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by config.accum_steps")
     if not 0.0 <= config.patch_dropout < 1.0:
         raise ValueError(f"config.patch_dropout must be in [0, 1), got {config.patch_dropout}")
+    _check_optimizer(config)
     model_cfg = resolve_model_config(config.model)
     if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
         raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
+
+
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+    checks = [
+        ("lr", config.lr > 0, "must be > 0"),
+        ("weight_decay", config.weight_decay >= 0, "must be >= 0"),
+        ("b1", 0 < config.b1 < 1, "must be in (0, 1)"),
+        ("b2", 0 < config.b2 < 1, "must be in (0, 1)"),
+        ("eps", config.eps > 0, "must be > 0"),
+        (
+            "warmup_steps",
+            0 <= config.warmup_steps <= config.total_steps,
+            "must be in [0, config.total_steps]",
+        ),
+        ("end_lr_ratio", 0 <= config.end_lr_ratio <= 1, "must be in [0, 1]"),
+        ("grad_clip_norm", config.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
+        ("keep_checkpoints", config.keep_checkpoints >= 1, "must be >= 1"),
+    ]
+    for field, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"config.{field}={config[field]!r} {rule}")
+    for field in ("no_decay", "freeze"):
+        for regex in config[field]:
+            try:
+                re.compile(regex)
+            except (re.error, TypeError) as e:
+                raise ValueError(f"config.{field} has an invalid regex {regex!r}: {e}") from e
 
 
 # Sections whose sub-fields belong to other modules (data sources, evaluators) and are checked there.

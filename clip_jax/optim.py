@@ -1,4 +1,5 @@
-"""AdamW with CLIP's settings, warmup + cosine schedule, weight-decay masks, freezing and lr multipliers.
+"""AdamW with CLIP's settings, open_clip's warmup + cosine schedule, weight-decay masks, freezing and lr
+multipliers.
 
 Parameters are addressed by their '/'-joined path, e.g. 'visual/transformer/resblocks_3/attn/qkv/kernel',
 so freezing the image tower for LiT is `freeze=("^visual/",)`.
@@ -6,6 +7,7 @@ so freezing the image tower for LiT is `freeze=("^visual/",)`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -16,8 +18,12 @@ import optax
 
 from clip_jax.sharding import dict_key_path
 
-# CLIP excludes biases, norm gains, embeddings and the temperature from weight decay.
-NO_DECAY_REGEX = r"(^|/)(bias|scale|logit_scale|logit_bias)$|embedding"
+# Parameters exempt from weight decay, as open_clip_train/main.py chooses them: every tensor that is 1-D in
+# PyTorch's layout or whose name has "bn", "ln", "bias" or "logit_scale" in it. In clip_jax's layout that is
+# biases (whatever their rank here: qkv's is [3, H, D]), LayerNorm gains and biases (under ln_*), the class
+# embedding (the one 1-D weight) and the temperature and bias scalars. Token and positional embeddings,
+# conv1 and the projections are decayed, as open_clip decays them.
+NO_DECAY = (r"(^|/)bias$", r"(^|/)ln_[^/]*/", r"(^|/)class_embedding$", r"^logit_(scale|bias)$")
 
 
 def param_paths(params: Any) -> Any:
@@ -32,15 +38,23 @@ def path_mask(params: Any, regexes: Sequence[str]) -> Any:
 
 
 def lr_schedule(lr: float, total_steps: int, warmup_steps: int, end_lr_ratio: float = 0.0) -> optax.Schedule:
-    """Linear warmup from 0 to `lr`, then cosine decay to `lr * end_lr_ratio` at `total_steps`."""
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=lr,
-        warmup_steps=warmup_steps,
-        decay_steps=max(total_steps, warmup_steps + 1),
-        end_value=lr * end_lr_ratio,
-    )
+    """open_clip's `cosine_lr`: lr * (step + 1) / warmup_steps for the first warmup_steps steps (so the
+    first step already trains), then cosine decay from lr to lr * end_lr_ratio at `total_steps`.
+
+    `step` counts from 0, the step being taken. With end_lr_ratio 0 this is open_clip_train's scheduler
+    value for value (tests/test_optim.py).
+    """
+    end = lr * end_lr_ratio
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        warm = lr * (step + 1.0) / max(warmup_steps, 1)
+        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = end + (lr - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+        return jnp.where(step < warmup_steps, warm, cosine)
+
+    return schedule
 
 
 def make_optimizer(
@@ -57,18 +71,20 @@ def make_optimizer(
     freeze: Sequence[str] = (),
     lr_mults: Sequence[tuple[str, float]] = (),
     end_lr_ratio: float = 0.0,
+    no_decay: Sequence[str] = NO_DECAY,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Build the optimizer for `params` (a tree of arrays or ShapeDtypeStructs).
 
-    Frozen parameters get no update and no optimizer state (LiT). `lr_mults` scales the update of
-    matching parameters (the last matching rule wins); with AdamW that is exactly an lr multiplier.
+    Parameters whose path matches a `no_decay` regex get no weight decay. Frozen parameters get no update
+    and no optimizer state (LiT). `lr_mults` scales the update of matching parameters (the last matching
+    rule wins); with AdamW that is exactly an lr multiplier.
     """
     schedule = lr_schedule(lr, total_steps, warmup_steps, end_lr_ratio)
 
     # Masks are functions of the tree they are applied to, so they also fit the partial trees that
     # multi_transform hands to the inner optimizer when some parameters are frozen.
     def decay_mask(tree: Any) -> Any:
-        return jax.tree.map(lambda nd: not nd, path_mask(tree, [NO_DECAY_REGEX]))
+        return jax.tree.map(lambda nd: not nd, path_mask(tree, no_decay))
 
     chain = []
     if grad_clip_norm:

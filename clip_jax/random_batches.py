@@ -1,7 +1,9 @@
 """Deterministic random image-text batches, for tests and benchmarks that need no input pipeline.
 
 Batch `i` is a pure function of (seed, i), so the iterator's position is a single integer and every
-process can build exactly its own rows of the global batch.
+process can build exactly its own rows of the global batch. With `distinct_batches=n` the stream cycles
+through n batches (`config.data.distinct_batches`): with n = 1 a run fits one batch, the classic check
+that a model and optimizer can learn at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ class RandomBatches:
         vocab_size: int = 49408,
         process_index: int = 0,
         process_count: int = 1,
+        distinct_batches: int = 0,
     ):
+        if distinct_batches < 0:
+            raise ValueError(
+                f"config.data.distinct_batches must be >= 0 (0: endless), got {distinct_batches}"
+            )
         if global_batch_size % process_count:
             raise ValueError(
                 f"config.batch_size={global_batch_size} is not divisible by the {process_count} processes"
@@ -32,13 +39,15 @@ class RandomBatches:
         self.seed = seed
         self.vocab_size = vocab_size
         self.process_index = process_index
+        self.distinct_batches = distinct_batches
         self.position = 0
 
     def __iter__(self) -> RandomBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.position])
+        index = self.position % self.distinct_batches if self.distinct_batches else self.position
+        rng = np.random.default_rng([self.seed, index])
         self.position += 1
         b, s, length = self.global_batch_size, self.image_size, self.context_length
         images = rng.standard_normal((b, s, s, 3), dtype=np.float32)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -26,7 +25,13 @@ from clip_jax.checkpoint import Checkpointer, abstract_like
 from clip_jax.config_utils import resolve_model_config, validate_config
 from clip_jax.models.clip import CLIP
 from clip_jax.optim import make_optimizer
-from clip_jax.train_step import TrainState, init_train_state, make_train_step
+from clip_jax.train_step import (
+    TrainState,
+    init_rngs,
+    init_train_state,
+    make_train_step,
+    nonfinite_quantities,
+)
 
 log = logging.getLogger("clip_jax.train")
 
@@ -57,14 +62,14 @@ def initialize_distributed(
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | None = None) -> TrainState:
     """Run (or resume) the training described by `config` in `workdir`; returns the final state."""
     validate_config(config)
+    # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp. Built before anything is written,
+    # so that a mesh that does not fit the devices leaves the workdir as it was.
+    mesh = sharding.make_mesh(**config.mesh, devices=devices)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-    # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp.
-    mesh = sharding.make_mesh(**config.mesh, devices=devices)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         return _train_on_mesh(config, workdir, mesh, is_main)
 
@@ -108,8 +113,9 @@ def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
         freeze=tuple(config.freeze),
         lr_mults=tuple(tuple(x) for x in config.lr_mults),
         end_lr_ratio=config.end_lr_ratio,
+        no_decay=tuple(config.no_decay),
     )
-    param_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    param_rng, state_rng = init_rngs(config.seed)
 
     def init_state(params):
         return init_train_state(params, tx, state_rng)
@@ -162,6 +168,16 @@ def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
 
 def _initial_params(config, model, init_params, rng, param_shardings):
     if not config.init_from:
+        if config.scan:
+            # The unrolled model's initial values, stacked: scan is a layout, so a scanned run starts
+            # from (and trains) exactly the model of the same run without scan.
+            from clip_jax.models import init_params as init_unrolled
+            from clip_jax.models import stack_layers
+
+            unrolled = model.clone(scan=False)
+            return jax.jit(lambda r: stack_layers(init_unrolled(unrolled, r)), out_shardings=param_shardings)(
+                rng
+            )
         return jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=param_shardings)(rng)
     from clip_jax.weights import load_pretrained
 
@@ -217,7 +233,11 @@ def make_train_data(config, model_cfg):
     if config.data.source == "random":
         from clip_jax.random_batches import RandomBatches
 
-        return RandomBatches(vocab_size=model_cfg.text.vocab_size, **common)
+        return RandomBatches(
+            vocab_size=model_cfg.text.vocab_size,
+            distinct_batches=int(config.data.get("distinct_batches", 0)),
+            **common,
+        )
     from clip_jax.data import make_train_iterator
 
     return make_train_iterator(config.data, **common)
@@ -231,7 +251,13 @@ class TrainLoop:
         self.ckpt, self.model, self.data_iter = ckpt, model, data_iter
         self.preempted = False
         self.evaluator = None  # built at the first evaluation
-        self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        # With several processes, JAX's preemption service (started by jax.distributed.initialize) takes
+        # SIGTERM itself and agrees on a step to stop at (see _stop_requested); a handler of ours would
+        # take the signal away from it.
+        self._sync_manager = _preemption_sync_manager()
+        self._old_handler = None
+        if self._sync_manager is None:
+            self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
         self.tb = None
         if is_main:
@@ -251,9 +277,9 @@ class TrainLoop:
         bar = tqdm(
             total=config.total_steps, initial=step, disable=not self.is_main, unit="step", dynamic_ncols=True
         )
-        pending = None  # (step, metrics) of the last step whose loss is not yet checked
+        pending = None  # (step, metrics) of the last step not yet checked for non-finite values
         last_log_time, last_log_step = time.perf_counter(), step
-        while step < config.total_steps and not self._stop_requested():
+        while step < config.total_steps and not self._stop_requested(step):
             batch = next(self.data_iter)
             batch = {
                 k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
@@ -261,7 +287,7 @@ class TrainLoop:
             }
             state, metrics = step_fn(state, batch)
             step += 1
-            # Check the previous step's loss while this one runs, so the check costs no pipelining.
+            # Check the previous step while this one runs, so the check costs no pipelining.
             if pending is not None:
                 self._check_finite(*pending)
             pending = (step, metrics)
@@ -277,6 +303,7 @@ class TrainLoop:
                 and step % config.eval_every == 0
                 and step < config.total_steps
             ):
+                self._check_finite(*pending)
                 self._evaluate(step, state)
             if step % config.checkpoint_every == 0 or step == config.total_steps:
                 self._check_finite(*pending)
@@ -289,32 +316,53 @@ class TrainLoop:
                 self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
             log.warning("preempted at step %d; checkpoint saved", step)
         elif config.eval.zeroshot:
+            if pending is not None:
+                self._check_finite(*pending)
             self._evaluate(step, state)
         bar.close()
         self.ckpt.wait()
         return state
 
-    def _stop_requested(self) -> bool:
-        """True once any process got SIGTERM. Processes agree through a collective, since a signal may
-        reach them at different steps and they must all save the same step and stop together."""
-        if jax.process_count() == 1:
+    def _stop_requested(self, step: int) -> bool:
+        """True once this run must stop for a SIGTERM, at the same step on every process.
+
+        A signal may reach the processes at different steps, and they must all save the same step and
+        stop together. With several processes JAX's preemption service propagates the notice in the
+        background and names the step to stop at: asking it is a local read, not a collective, so it
+        costs the step loop nothing. Without the service (jax_enable_preemption_service off) the
+        processes agree by an allgather, only on log and checkpoint steps, where the host waits for
+        the step anyway.
+        """
+        if jax.process_count() == 1 or self.preempted:
             return self.preempted
         from jax.experimental import multihost_utils
 
-        flags = multihost_utils.process_allgather(np.array([self.preempted]))
-        self.preempted = bool(np.any(flags))
+        if self._sync_manager is not None:
+            self.preempted = bool(multihost_utils.reached_preemption_sync_point(step))
+        elif step % self.config.log_every == 0 or step % self.config.checkpoint_every == 0:
+            flags = multihost_utils.process_allgather(np.array([self.preempted]))
+            self.preempted = bool(np.any(flags))
+        if self.preempted:
+            log.warning("preemption notice: stopping at step %d", step)
         return self.preempted
 
     def _check_finite(self, step: int, metrics: dict) -> None:
-        loss = float(jax.device_get(metrics["loss"]))
-        if not math.isfinite(loss):
+        """Stop at the first step whose loss, gradient norm or updated parameters are NaN or infinite
+        (the step's fused `nonfinite` flag), before anything saves or evaluates that state."""
+        code = int(jax.device_get(metrics["nonfinite"]))
+        if code:
+            values = {k: float(jax.device_get(metrics[k])) for k in ("loss", "grad_norm")}
             raise FloatingPointError(
-                f"loss is {loss} at step {step}; stopping. The last good checkpoint in "
-                f"{self.ckpt.directory} (step {self.ckpt.latest_step()}) is kept."
+                f"non-finite {' and '.join(nonfinite_quantities(code))} at step {step} (loss {values['loss']}, "
+                f"gradient norm {values['grad_norm']}); stopping. Nothing of this step was saved: the last "
+                f"good checkpoint in {self.ckpt.directory} (step {self.ckpt.latest_step()}) is kept."
             )
 
     def _log(self, step: int, metrics: dict, images_per_sec: float, bar) -> None:
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_sec": images_per_sec}
+        skipped = getattr(self.data_iter, "num_skipped", None)
+        if skipped is not None:  # corrupt or unreadable records dropped by the input pipeline so far
+            record["records_skipped"] = int(skipped)
         bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_sec:.1f}", refresh=False)
         if not self.is_main:
             return
@@ -343,11 +391,21 @@ class TrainLoop:
         log.info("step %d eval: %s", step, results)
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self._old_handler)
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
         if self.metrics_file:
             self.metrics_file.close()
         if self.tb:
             self.tb.close()
+
+
+def _preemption_sync_manager():
+    """JAX's preemption sync manager in a multi-process run that has one, else None."""
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+
+    return distributed.global_state.preemption_sync_manager
 
 
 def main(argv: list[str]) -> None:

@@ -43,19 +43,35 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Arr
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
 
-def make_train_step(
+def init_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
+    """(parameter-init key, train-state key) of a run with `seed`: the trainer initialises the model from
+    the first, so whatever evaluates "the model at initialisation" must use it too."""
+    param_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+    return param_rng, state_rng
+
+
+# Bits of the `nonfinite` metric: which quantities of a step are NaN or infinite.
+NONFINITE_BITS = {"loss": 1, "gradient norm": 2, "updated parameters": 4}
+
+
+def nonfinite_quantities(code: int) -> list[str]:
+    """The names of the quantities set in a `nonfinite` metric value."""
+    return [name for name, bit in NONFINITE_BITS.items() if int(code) & bit]
+
+
+def make_loss_and_grads(
     model: CLIP,
-    tx: optax.GradientTransformation,
     *,
     loss: str = "softmax",
     mesh: Mesh | None = None,
     batch_axes: Sequence[str] = ("data", "fsdp"),
     accum_steps: int = 1,
-    schedule: optax.Schedule | None = None,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """Return step(state, batch) -> (state, metrics); not jitted, so the caller chooses the shardings.
+) -> Callable[[Any, Batch, jax.Array], tuple[jax.Array, Any]]:
+    """Return f(params, batch, rng) -> (loss, grads) of the contrastive loss over the whole batch.
 
-    With a mesh the loss is the sharded one that never builds the global B x B logits on one device.
+    With accum_steps > 1 the batch is processed in that many micro-batches (see the module docstring);
+    the result equals the one-pass value up to float rounding. With a mesh the loss is the sharded one
+    that never builds the global B x B logits on one device.
     """
     has_bias = model.cfg.init_logit_bias is not None
 
@@ -116,20 +132,50 @@ def make_train_step(
             grads[k] = grads[k] + g
         return loss_value, grads
 
+    return accumulated_grads if accum_steps > 1 else full_batch_grads
+
+
+def make_train_step(
+    model: CLIP,
+    tx: optax.GradientTransformation,
+    *,
+    loss: str = "softmax",
+    mesh: Mesh | None = None,
+    batch_axes: Sequence[str] = ("data", "fsdp"),
+    accum_steps: int = 1,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Return step(state, batch) -> (state, metrics); not jitted, so the caller chooses the shardings.
+
+    metrics["nonfinite"] is 0 for a healthy step, else the NONFINITE_BITS of the quantities that are NaN
+    or infinite (loss, gradient norm, updated parameters): one fused check that the trainer reads with
+    the loss, so a bad step never reaches a checkpoint.
+    """
+    loss_and_grads = make_loss_and_grads(
+        model, loss=loss, mesh=mesh, batch_axes=batch_axes, accum_steps=accum_steps
+    )
+    has_bias = model.cfg.init_logit_bias is not None
+
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        if accum_steps > 1:
-            loss_value, grads = accumulated_grads(state.params, batch, rng)
-        else:
-            loss_value, grads = full_batch_grads(state.params, batch, rng)
+        loss_value, grads = loss_and_grads(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params = dict(params)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_SCALE)
+        grad_norm = optax.global_norm(grads)
+        params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+        bits = NONFINITE_BITS
+        nonfinite = (
+            jnp.where(jnp.isfinite(loss_value), 0, bits["loss"])
+            + jnp.where(jnp.isfinite(grad_norm), 0, bits["gradient norm"])
+            + jnp.where(params_finite, 0, bits["updated parameters"])
+        ).astype(jnp.int32)
         metrics = {
             "loss": loss_value,
             "logit_scale": jnp.exp(params["logit_scale"]),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
+            "nonfinite": nonfinite,
         }
         if has_bias:
             metrics["logit_bias"] = params["logit_bias"]

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     from clip_jax.data import prepare_synthetic
     from clip_jax.models import CLIP, init_params
     from clip_jax.train import train
+    from clip_jax.train_step import init_rngs
 
     t0 = time.perf_counter()
     print(f"[1/4] building the synthetic dataset in {args.data_dir}", flush=True)
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     model = CLIP(resolve_model_config(config.model))
 
     print("[2/4] evaluating the randomly initialised model", flush=True)
-    init = evaluate(model, init_params(model, jax.random.PRNGKey(config.seed)), args.data_dir)
+    # The very model that training starts from (the trainer's own key for the parameters).
+    init = evaluate(model, init_params(model, init_rngs(config.seed)[0]), args.data_dir)
 
     print(f"[3/4] training for {config.total_steps} steps (workdir {args.workdir})", flush=True)
     t_train = time.perf_counter()

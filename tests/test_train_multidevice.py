@@ -7,7 +7,9 @@
 - parameters are placed as the logical axis rules say;
 - a checkpoint saved on (data=8) restores bit-exactly onto (2, 2, 2) and training continues there;
 - a 2-process x 4-device run on localhost matches the 1-process 8-device run, and only process 0
-  writes metrics.
+  writes metrics;
+- SIGTERM to one process of a 2-process run stops both at the same step, with one checkpoint of it
+  (JAX's preemption service agrees on the step; no collective per step).
 
 Every run is a CLI run in its own process (tests/multidevice/train_cli.py): the device count and
 jax.distributed must be set before jax starts. Independent runs overlap, to use both cores.
@@ -57,12 +59,19 @@ def free_port() -> int:
 class Run:
     """One CLI process; its output goes to WORKDIR/cli.log (or a named log for multi-process runs)."""
 
-    def __init__(self, workdir: Path, env: dict, flags: list[str], log_name: str = "cli.log"):
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict,
+        flags: list[str],
+        log_name: str = "cli.log",
+        config: dict | None = None,
+    ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / log_name
         cmd = [sys.executable, str(CLI), "--config=configs/default.py", f"--workdir={workdir}"]
-        cmd += [f"--config.{k}={v}" for k, v in CONFIG.items()] + flags
+        cmd += [f"--config.{k}={v}" for k, v in {**CONFIG, **(config or {})}.items()] + flags
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
 
@@ -139,7 +148,21 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         env4, CLIP_JAX_COORDINATOR_ADDRESS=address, CLIP_JAX_NUM_PROCESSES="2", CLIP_JAX_PROCESS_ID="1"
     )
     runs["process_1"] = Run(two, env_1, mesh_flags(MESHES["data=8"]), "process_1.log")
-    wait_all([[runs["resharded"]], [runs["process_0"], runs["process_1"]]], deadline)
+
+    # The same, 6 steps logged every 2 and no periodic checkpoint; process 1 alone gets SIGTERM while
+    # it fetches the batch of step 3.
+    stop, address = base / "sigterm_two_processes", f"127.0.0.1:{free_port()}"
+    long = {"total_steps": 6, "log_every": 2, "checkpoint_every": 100}
+    procs = []
+    for i in range(2):
+        env_i = dict(
+            env4, CLIP_JAX_COORDINATOR_ADDRESS=address, CLIP_JAX_NUM_PROCESSES="2", CLIP_JAX_PROCESS_ID=str(i)
+        )
+        if i == 1:
+            env_i["CLIP_JAX_TEST_SIGTERM_AT"] = "2"
+        procs.append(Run(stop, env_i, mesh_flags(MESHES["data=8"]), f"process_{i}.log", config=long))
+    runs["sigterm_0"], runs["sigterm_1"] = procs
+    wait_all([[runs["resharded"]], [runs["process_0"], runs["process_1"]], procs], deadline)
     return runs
 
 
@@ -235,3 +258,19 @@ def test_two_processes_match_one_process(runs):
     np.testing.assert_allclose([r["loss"] for r in records], losses(data8), rtol=1e-5)
     assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (two / "checkpoints" / "3").is_dir()
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
+    import re
+
+    runs["sigterm_0"].check()
+    runs["sigterm_1"].check()
+    stopped = [re.findall(r"preempted at step (\d+)", runs[f"sigterm_{i}"].log.read_text()) for i in range(2)]
+    assert stopped[0] and stopped[0] == stopped[1], stopped
+    step = int(stopped[0][0])
+    assert 3 <= step < 6
+    workdir = runs["sigterm_0"].workdir
+    checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert checkpoints == [step]
+    logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [s for s in (2, 4, 6) if s <= step]

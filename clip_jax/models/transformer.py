@@ -48,6 +48,52 @@ def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
     return nn.with_logical_partitioning(init, names)
 
 
+def torch_default_init(in_axis=-2, out_axis=-1) -> Callable:
+    """nn.Linear / nn.Conv2d's default weight (and bias) init, kaiming_uniform(a=sqrt(5)):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=in_axis, out_axis=out_axis)
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+    """nn.Linear's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in**-0.5
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+# How a tower's blocks are initialised, as open_clip initialises them. "text": TextTransformer's
+# init_parameters (OpenAI's): normal in_proj (std W^-0.5), c_fc ((2W)^-0.5), and out_proj / c_proj at
+# W^-0.5 (2 * layers)^-0.5, so the residual stream's variance stays put with depth; MLP biases keep
+# nn.Linear's default. "torch": PyTorch's defaults, which open_clip's VisionTransformer keeps (its
+# init_parameters is empty): xavier_uniform in_proj, kaiming_uniform(a=sqrt(5)) out_proj, c_fc and c_proj
+# weights and MLP biases. Attention biases are zero in both (nn.MultiheadAttention._reset_parameters).
+INIT_SCHEMES = ("text", "torch")
+
+
+def block_initializers(scheme: str, width: int, mlp_width: int, layers: int) -> dict[str, Callable]:
+    """Kernel and bias initializers of one residual block's projections for `scheme`."""
+    if scheme == "text":
+        proj_std = width**-0.5 * (2 * layers) ** -0.5
+        return {
+            "qkv": nn.initializers.normal(width**-0.5),
+            "out": nn.initializers.normal(proj_std),
+            "c_fc": nn.initializers.normal((2 * width) ** -0.5),
+            "c_fc_bias": torch_default_bias_init(width),
+            "c_proj": nn.initializers.normal(proj_std),
+            "c_proj_bias": torch_default_bias_init(mlp_width),
+        }
+    if scheme == "torch":
+        return {
+            # in_proj_weight [3W, W]: fan_in W, fan_out 3W; here [W, 3, H, D].
+            "qkv": nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3)),
+            "out": torch_default_init(in_axis=(0, 1), out_axis=2),
+            "c_fc": torch_default_init(),
+            "c_fc_bias": torch_default_bias_init(width),
+            "c_proj": torch_default_init(),
+            "c_proj_bias": torch_default_bias_init(mlp_width),
+        }
+    raise ValueError(f"unknown init scheme {scheme!r}; choose from {INIT_SCHEMES}")
+
+
 def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
     """x [B, L, ...], rows [B] (int) -> x[b, rows[b]] for every b, keeping the length axis: [B, 1, ...]."""
     index = rows.astype(jnp.int32).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -95,11 +141,14 @@ class Attention(nn.Module):
     # None: heads_major_attention (XLA); "xla": jax.nn.dot_product_attention's XLA path; "cudnn": its
     # fused flash kernel on NVIDIA GPUs.
     attention_impl: str | None = None
+    qkv_init: Callable = nn.initializers.normal(0.02)
+    out_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:
         """x [B, L, W] -> [B, L, W]; with `query_rows` [B] (int), only those query rows: [B, 1, W]."""
-        q, k, v = QKVProjection(self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        q, k, v = QKVProjection(self.heads, kernel_init=self.qkv_init, name="qkv", **kw)(x)
         q, k, v = (
             nn.with_logical_constraint(a, ("act_batch", "act_len", "act_heads", None)) for a in (q, k, v)
         )
@@ -111,7 +160,7 @@ class Attention(nn.Module):
             lengths = query_rows.astype(jnp.int32) + 1 if self.causal else None
             out = jax.nn.dot_product_attention(take_rows(q, query_rows), k, v, key_value_seq_lengths=lengths)
         out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
-        return AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+        return AttentionOut(kernel_init=self.out_init, name="out", **kw)(out)
 
 
 def attention(
@@ -221,6 +270,7 @@ class QKVProjection(nn.Module):
     heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -228,7 +278,7 @@ class QKVProjection(nn.Module):
         head_dim = width // self.heads
         kernel = self.param(
             "kernel",
-            _p(nn.initializers.normal(stddev=width**-0.5), ("embed", None, "heads", "kv")),
+            _p(self.kernel_init, ("embed", None, "heads", "kv")),
             (width, 3, self.heads, head_dim),
             self.param_dtype,
         )
@@ -248,6 +298,7 @@ class AttentionOut(nn.Module):
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -255,7 +306,7 @@ class AttentionOut(nn.Module):
         width = heads * head_dim
         kernel = self.param(
             "kernel",
-            _p(nn.initializers.normal(stddev=width**-0.5), ("heads", "kv", "embed")),
+            _p(self.kernel_init, ("heads", "kv", "embed")),
             (heads, head_dim, width),
             self.param_dtype,
         )
@@ -268,22 +319,24 @@ class MLP(nn.Module):
     quick_gelu: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    inits: dict[str, Callable] | None = None  # c_fc, c_fc_bias, c_proj, c_proj_bias (block_initializers)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
+        inits = self.inits or block_initializers("text", width, self.mlp_width, 1)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c_fc = nn.Dense(
             self.mlp_width,
-            kernel_init=_p(nn.initializers.normal(stddev=(2 * width) ** -0.5), ("embed", "mlp")),
-            bias_init=_p(nn.initializers.zeros, ("mlp",)),
+            kernel_init=_p(inits["c_fc"], ("embed", "mlp")),
+            bias_init=_p(inits["c_fc_bias"], ("mlp",)),
             name="c_fc",
             **kw,
         )
         c_proj = nn.Dense(
             width,
-            kernel_init=_p(nn.initializers.normal(stddev=width**-0.5), ("mlp", "embed")),
-            bias_init=_p(nn.initializers.zeros, ("embed",)),
+            kernel_init=_p(inits["c_proj"], ("mlp", "embed")),
+            bias_init=_p(inits["c_proj_bias"], ("embed",)),
             name="c_proj",
             **kw,
         )
@@ -304,6 +357,8 @@ class ResidualAttentionBlock(nn.Module):
     attention_impl: str | None = None
     # Under nn.scan, also emit each block's output so a caller can pick an intermediate layer.
     emit_hidden: bool = False
+    init_scheme: str = "text"  # see INIT_SCHEMES
+    depth: int = 1  # layers in the tower, for the "text" scheme's residual projection std
 
     @nn.compact
     def __call__(
@@ -313,14 +368,24 @@ class ResidualAttentionBlock(nn.Module):
         the output, [B, 1, W]: every row is still normalised and projected to keys and values, but the
         queries, output projection and MLP run on one row per sequence."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inits = block_initializers(self.init_scheme, x.shape[-1], self.mlp_width, self.depth)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
         h = LayerNorm(name="ln_1", **kw)(x)
-        attn = Attention(self.heads, self.causal, attention_impl=self.attention_impl, name="attn", **kw)
+        attn = Attention(
+            self.heads,
+            self.causal,
+            attention_impl=self.attention_impl,
+            qkv_init=inits["qkv"],
+            out_init=inits["out"],
+            name="attn",
+            **kw,
+        )
         if out_rows is not None:
             x = take_rows(x, out_rows)
         x = x + attn(h, out_rows)
         h = LayerNorm(name="ln_2", **kw)(x)
-        x = x + MLP(self.mlp_width, self.quick_gelu, name="mlp", **kw)(h)
+        mlp_inits = {k: v for k, v in inits.items() if k.startswith("c_")}
+        x = x + MLP(self.mlp_width, self.quick_gelu, inits=mlp_inits, name="mlp", **kw)(h)
         # Returned as a (carry, output) pair so the same module works under nn.scan.
         return x, (x if self.emit_hidden else None)
 
@@ -347,6 +412,7 @@ class Transformer(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     attention_impl: str | None = None
+    init_scheme: str = "text"  # see INIT_SCHEMES
 
     @nn.compact
     def __call__(
@@ -377,6 +443,8 @@ class Transformer(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             attention_impl=self.attention_impl,
+            init_scheme=self.init_scheme,
+            depth=self.layers,
         )
         if return_layer is not None and pool_rows is not None:
             raise ValueError("return_layer and pool_rows are exclusive: a pooled row is a last-layer output")

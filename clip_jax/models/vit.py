@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import VisionConfig
-from clip_jax.models.transformer import LayerNorm, Transformer, _p, dense_on_rows
+from clip_jax.models.transformer import LayerNorm, Transformer, _p, dense_on_rows, torch_default_init
 
 
 class VisionTransformer(nn.Module):
@@ -60,6 +60,7 @@ class VisionTransformer(nn.Module):
             scan=self.scan,
             remat_policy=self.remat_policy,
             attention_impl=self.attention_impl,
+            init_scheme="torch",  # open_clip's VisionTransformer keeps PyTorch's default init
             name="transformer",
             **kw,
         )(x, pool_rows=jnp.zeros((b,), jnp.int32))  # the class token
@@ -102,7 +103,8 @@ class PatchEmbed(nn.Module):
         b, h, w, c = images.shape
         kernel = self.param(
             "kernel",
-            _p(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            # nn.Conv2d's default init, as open_clip's conv1 keeps it.
+            _p(torch_default_init(in_axis=(0, 1, 2), out_axis=3), (None, None, None, "embed")),
             (p, p, c, self.width),
             self.param_dtype,
         )
