@@ -430,14 +430,16 @@ def test_layout_options_train_the_same_model(runs, name):
 
 def test_options_that_change_the_step_differ_from_plain_at_step_1(runs):
     """Each option reaches the step: gradient clipping leaves the logged (pre-clip) norm of step 1 and
-    changes the update; bf16 changes the step-1 loss by bf16 rounding only; the sigmoid loss is another
+    changes the updates; bf16 changes the step-1 loss by bf16 rounding only; the sigmoid loss is another
     function; patch dropout sees other tokens."""
     plain = option_metrics(runs, "plain")
     clip = option_metrics(runs, "grad_clip_norm")
     assert (
         clip[0]["grad_norm"] == pytest.approx(plain[0]["grad_norm"], rel=1e-5) and plain[0]["grad_norm"] > 1
     )
-    assert clip[1]["loss"] != pytest.approx(plain[1]["loss"], rel=1e-4)
+    # Adam is blind to a constant gradient scale, so clipping every step to norm 1 shows only once the
+    # unclipped norms of the steps differ (24, 19, 8 here): in the Adam moments' mix, by the last step.
+    assert clip[-1]["loss"] != pytest.approx(plain[-1]["loss"], rel=1e-3)
     bf16 = option_metrics(runs, "bf16")
     # bf16 keeps 8 bits: ~2^-8 relative error per rounding, a few dozen roundings deep; the loss moves
     # by far less than its own size but by more than fp32 noise.
