@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -154,6 +155,94 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         iterator.close()
     assert f"skipped {state['skipped']} corrupt records in total" in caplog.records[-1].getMessage()
+
+
+def _damaged_shards(directory: str) -> tuple[set[int], dict[str, str]]:
+    """24 examples over 4 shards (example i is record i // 4 of shard i % 4), three files damaged: shard 0
+    is cut in the middle of its record 4, shard 1's record 2 has a bad CRC, and 00004.tfrecord is not a
+    TFRecord at all. Returns the examples still readable and {damaged file: the error its warning names}."""
+    paths = testing.write_caption_shards(directory, 24, 4)
+    testing.damage_tfrecord(paths[0], 4, "truncate")  # loses examples 16, 20
+    testing.damage_tfrecord(paths[1], 2, "bad_crc")  # loses examples 9, 13, 17, 21
+    junk = os.path.join(directory, "00004.tfrecord")
+    with open(junk, "w") as f:
+        f.write("key,url,caption\n0,https://example.com/0.jpg,a csv file misnamed\n")
+    readable = set(range(24)) - {16, 20, 9, 13, 17, 21}
+    errors = {paths[0]: "truncated record", paths[1]: "corrupted record", junk: "Is this even a TFRecord"}
+    return readable, errors
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_damaged_tfrecord_files_are_counted_and_named(tmp_path, caplog):
+    readable, errors = _damaged_shards(str(tmp_path))
+    iterator = _records(str(tmp_path), batch=3)
+    with caplog.at_level(logging.WARNING):
+        # The 18 readable examples are 6 full batches: every record before the damage is used, once.
+        ids = sum((_caption_ids(b["text"], 24) for b in _take(iterator, 6)), [])
+        assert sorted(ids) == sorted(readable)
+        next(iterator)  # ends epoch 0
+    messages = _warnings(caplog)
+    # One skipped record per damaged file: how many records a damaged tail held is unknowable.
+    assert "epoch 0 skipped 3 corrupt records" in " ".join(messages)
+    assert iterator.num_skipped == iterator.get_state()["skipped"] >= 3
+    for path, error in errors.items():
+        assert any(path in m and error in m for m in messages), (path, messages)
+    intact = [os.path.join(tmp_path, f"{s:05d}.tfrecord") for s in (2, 3)]
+    assert not any(path in m for path in intact for m in messages)
+
+
+def test_resume_between_damaged_files_continues_exactly(tmp_path):
+    _damaged_shards(str(tmp_path))
+    original = _records(str(tmp_path), batch=3)
+    states, batches, counts = [], [], []
+    for _ in range(12):  # two epochs of 6 batches
+        states.append(original.get_state())
+        batches.append(next(original))
+        counts.append(original.num_skipped)
+    # The count is a function of the data: a second uninterrupted run counts the same after every batch.
+    again = _records(str(tmp_path), batch=3)
+    assert [(next(again), again.num_skipped)[1] for _ in range(12)] == counts
+    # Resume from a state that has counted some of epoch 0's damaged files but not all.
+    between = [i for i, s in enumerate(states) if s["epoch"] == 0 and 0 < s["skipped"] < 3]
+    assert between, [s["skipped"] for s in states]
+    k = between[0]
+    resumed = _records(str(tmp_path), batch=3)
+    resumed.set_state(json.loads(json.dumps(states[k])))
+    for i in range(k, 12):
+        got = next(resumed)
+        np.testing.assert_array_equal(batches[i]["image"], got["image"])
+        np.testing.assert_array_equal(batches[i]["text"], got["text"])
+        assert resumed.num_skipped == counts[i]
+    assert resumed.get_state() == original.get_state()
+    assert original.num_skipped >= 6  # epoch 0's three damaged files, and epoch 1's
+
+
+def test_unopenable_tfrecord_file_is_reported_not_retried(tmp_path, caplog):
+    # A shard deleted after the file listing (TFRecordDataset retries a file it cannot open for ever,
+    # ignore_errors or not), and, unless running as root, one without read permission.
+    paths = testing.write_caption_shards(str(tmp_path), 12, 4)
+    iterator = _records(str(tmp_path), batch=3)
+    os.remove(paths[0])
+    unreadable = {paths[0]: "No such file"}
+    if os.geteuid() != 0:
+        os.chmod(paths[1], 0)
+        unreadable[paths[1]] = "Permission denied"
+    per_epoch = 4 - len(unreadable)  # each readable shard holds one batch of 3
+    taken = []
+    with caplog.at_level(logging.WARNING):
+        # Into epoch 1, so that epoch 0 has ended and reported its count.
+        worker = threading.Thread(target=lambda: taken.append(_take(iterator, per_epoch + 1)), daemon=True)
+        worker.start()
+        worker.join(timeout=300)
+        assert not worker.is_alive(), "reading hung on a file that cannot be opened"
+    assert taken, "reading failed"
+    messages = _warnings(caplog)
+    for path, error in unreadable.items():
+        assert any(path in m and error in m for m in messages), (path, messages)
+    assert f"epoch 0 skipped {len(unreadable)} corrupt records" in " ".join(messages)
 
 
 def test_folder_source_pairs_images_with_captions(tmp_path):

@@ -21,7 +21,11 @@ state (its shard, and so its position, differs).
 
 Corrupt records (undecodable image, unreadable file, missing or empty caption) are dropped and counted:
 `num_skipped` is the running total, a warning gives the count at the end of every epoch that had any and
-on `close()`. Batches never span epochs: each epoch's incomplete last batch is dropped.
+on `close()`. A TFRecord file that is truncated, corrupt (bad length or CRC) or cannot be opened yields
+the records before the damage and then one marker record that parse rejects, so it counts once per epoch
+(how many records its unreadable rest held is unknowable) through the same index gaps, and a warning
+names the file and the error (`image_text.read_tfrecord_file`). Batches never span epochs: each epoch's
+incomplete last batch is dropped.
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     @property
     def num_skipped(self) -> int:
-        """Records dropped so far (undecodable image, unreadable file, missing or empty caption)."""
+        """Records dropped so far (undecodable image, missing or empty caption, and one per damaged or
+        unopenable TFRecord file per epoch); part of the state, so it continues across a resume."""
         return self._skipped
 
     @property
@@ -256,8 +261,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._count_skipped(epoch_end - self._position - self._tail_examples)
         if self._epoch_skipped:
             logging.warning(
-                "data: epoch %d skipped %d corrupt records (undecodable image or missing/empty caption); "
-                "%d in total",
+                "data: epoch %d skipped %d corrupt records (undecodable image, missing/empty caption, or "
+                "one per damaged TFRecord file); %d in total",
                 self._epoch,
                 self._epoch_skipped,
                 self._skipped,

@@ -1,5 +1,6 @@
 """Small on-disk datasets for tests and benchmarks: img2dataset-style TFRecord shards (optionally with
-corrupt records), caption folders, class folders, and a per-process cached tiny `clip_synthetic` build."""
+corrupt records, or damaged files), caption folders, class folders, and a per-process cached tiny
+`clip_synthetic` build."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import io
 import os
 import shutil
+import struct
 import tempfile
 
 import numpy as np
@@ -87,6 +89,40 @@ def write_caption_shards(
     for writer in writers:
         writer.close()
     return paths
+
+
+def tfrecord_offsets(path: str) -> list[int]:
+    """The byte offset of each record in an undamaged TFRecord file (uint64 length, its CRC, data, CRC)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    offsets, position = [], 0
+    while position < len(data):
+        offsets.append(position)
+        (length,) = struct.unpack("<Q", data[position : position + 8])
+        position += 8 + 4 + length + 4
+    return offsets
+
+
+def damage_tfrecord(path: str, record: int, defect: str) -> None:
+    """Damage record `record` of a TFRecord file, which makes it and every later record unreadable.
+
+    "truncate": the file ends in the middle of the record's data (an interrupted copy or write);
+    "bad_crc": one bit of the record's stored data CRC is flipped (the data itself is intact).
+    """
+    offsets = tfrecord_offsets(path)
+    with open(path, "r+b") as f:
+        f.seek(offsets[record])
+        (length,) = struct.unpack("<Q", f.read(8))
+        data_start = offsets[record] + 12
+        if defect == "truncate":
+            f.truncate(data_start + length // 2)
+        elif defect == "bad_crc":
+            f.seek(data_start + length)
+            (crc,) = f.read(1)
+            f.seek(data_start + length)
+            f.write(bytes([crc ^ 1]))
+        else:
+            raise ValueError(f"unknown defect {defect!r}")
 
 
 def write_caption_folder(
