@@ -7,6 +7,8 @@ tokens as the PyTorch model. Features and logits must agree to 1e-4 relative (fp
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -74,16 +76,24 @@ def assert_parity(ours: dict, ref: dict) -> None:
         assert_rel_close(ours[k], ref[k])
 
 
-def small_open_clip(quick_gelu: bool, seed: int) -> torch.nn.Module:
-    """A small open_clip CLIP with a non-default patch and image size (head width 64, as inferred)."""
+# A small open_clip CLIP with a non-default patch and image size. It is no named config, so its heads
+# cannot be inferred from its shapes: loading it needs its config (the open_clip_config.json beside it).
+SMALL_OPEN_CLIP = dict(
+    embed_dim=96,
+    vision_cfg=dict(image_size=112, patch_size=14, width=128, layers=2, head_width=64, mlp_ratio=3.0),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
+)
+# The shapes of clip_jax's named 'tiny' config (32-wide heads), which shapes alone identify.
+TINY_OPEN_CLIP = dict(
+    embed_dim=64,
+    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+)
+
+
+def small_open_clip(quick_gelu: bool, seed: int, cfg: dict = SMALL_OPEN_CLIP) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        embed_dim=96,
-        vision_cfg=dict(image_size=112, patch_size=14, width=128, layers=2, head_width=64, mlp_ratio=3.0),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
-        quick_gelu=quick_gelu,
-    )
-    return model.eval()
+    return open_clip.CLIP(**cfg, quick_gelu=quick_gelu).eval()
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
@@ -124,11 +134,16 @@ def test_vit_b32_config_inferred_and_bin_identical(vit_b32, tmp_path):
     assert all(jax.tree.leaves(same))
 
 
-def test_small_gelu_model_bin_inferred(tmp_path):
-    """Exact-GELU custom config (p14 @ 112, mlp_ratio 3) from a torch .bin, config inferred."""
+def test_small_gelu_model_bin_with_its_config(tmp_path):
+    """Exact-GELU custom config (p14 @ 112, mlp_ratio 3) from a torch .bin and its open_clip_config.json."""
     ref = small_open_clip(quick_gelu=False, seed=1)
-    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
-    model, params = load_pretrained(None, tmp_path / "pytorch_model.bin", quick_gelu=False)
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(ref.state_dict(), path)
+    # Without its config the heads are not guessed (128 wide: 2 heads of 64 here, but 4 of 32 would fit).
+    with pytest.raises(ValueError, match="match no named model.*pass the model name"):
+        load_pretrained(None, path, quick_gelu=False)
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": SMALL_OPEN_CLIP}))
+    model, params = load_pretrained(None, path, quick_gelu=False)
     assert (model.cfg.vision.patch_size, model.cfg.vision.image_size, model.cfg.quick_gelu) == (
         14,
         112,
@@ -138,7 +153,7 @@ def test_small_gelu_model_bin_inferred(tmp_path):
     expected = open_clip_outputs(ref, images, tokens)
     assert_parity(clip_jax_outputs(model, params, images, tokens), expected)
     # The activation matters: the same weights under QuickGELU give image features that fail the check.
-    model_q, params_q = load_pretrained(None, tmp_path / "pytorch_model.bin", quick_gelu=True)
+    model_q, params_q = load_pretrained(None, path, quick_gelu=True)
     wrong = jax.jit(lambda p, x: model_q.apply({"params": p}, x, method=model_q.encode_image))(
         params_q, images
     )
@@ -147,20 +162,23 @@ def test_small_gelu_model_bin_inferred(tmp_path):
 
 
 def test_openai_torchscript(tmp_path):
-    """An OpenAI-style TorchScript archive (with its int entries) loads as QuickGELU without being told."""
-    ref = small_open_clip(quick_gelu=True, seed=2)
+    """An OpenAI-style TorchScript archive (with its int entries) loads as QuickGELU without being told.
+
+    Its shapes are those of the named 'tiny' config, so the config (heads included) is inferred too.
+    """
+    ref = small_open_clip(quick_gelu=True, seed=2, cfg=TINY_OPEN_CLIP)
     # OpenAI's archives carry these hyperparameters in their state dict (open_clip keeps them as ints).
     del ref.context_length, ref.vocab_size
-    for name, value in (("input_resolution", 112), ("context_length", 77), ("vocab_size", 49408)):
+    for name, value in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
         ref.register_buffer(name, torch.tensor(value))
-    images, tokens = photos(112), tokenize(TEXTS)
+    images, tokens = photos(32), tokenize(TEXTS)
     x, t = torch.from_numpy(images[:1]).permute(0, 3, 1, 2), torch.from_numpy(tokens[:1]).long()
     traced = torch.jit.trace_module(
         ref, {"forward": (x, t), "encode_image": (x,), "encode_text": (t,)}, check_trace=False
     )
     torch.jit.save(traced, str(tmp_path / "ViT-custom.pt"))
     model, params = load_pretrained(None, tmp_path / "ViT-custom.pt")
-    assert model.cfg.quick_gelu
+    assert model.cfg == get_model_config("tiny-quickgelu")
     assert_parity(clip_jax_outputs(model, params, images, tokens), open_clip_outputs(ref, images, tokens))
 
 

@@ -26,10 +26,11 @@ from clip_jax import (
     stack_layers,
 )
 from clip_jax.convert import main as convert_main
-from clip_jax.models.config import MODEL_CONFIGS
+from clip_jax.models.config import MODEL_CONFIGS, TextConfig
 from clip_jax.weights.hf import config_from_hf
+from clip_jax.weights.infer import infer_config
 from clip_jax.weights.load import param_shapes
-from clip_jax.weights.open_clip import params_to_state_dict
+from clip_jax.weights.open_clip import check_state_dict, expected_shapes, params_to_state_dict
 
 TINY = get_model_config("tiny")
 
@@ -118,17 +119,8 @@ def test_activation_must_be_given_for_open_clip_files(tiny_sd, tmp_path):
     path = write(tiny_sd, tmp_path / "m.safetensors")
     assert "quick_gelu" in error_of(path, None)
     model, _ = load_pretrained(None, path, quick_gelu=True)
-    assert model.cfg.quick_gelu
-    # Sizes are inferred; heads assume OpenAI's 64-wide heads (tiny's are 32 wide, so that differs).
-    v = model.cfg.vision
-    assert (v.image_size, v.patch_size, v.width, v.layers, v.mlp_width, model.cfg.embed_dim) == (
-        32,
-        8,
-        64,
-        2,
-        256,
-        64,
-    )
+    # The shapes are tiny's, so its config is taken whole: its 32-wide heads included.
+    assert model.cfg == TINY.replace(quick_gelu=True)
 
 
 def test_missing_paths_are_named(tmp_path):
@@ -267,8 +259,8 @@ def test_open_clip_configs_of_other_architectures_are_refused(section, option, n
 
 
 def test_open_clip_model_configs_translate_or_are_refused():
-    # Every config open_clip ships: the plain ViT ones translate to the same sizes clip_jax's registry
-    # holds; the rest (timm, HF, CoCa, ResNet, ...) raise a ValueError.
+    # Every config open_clip ships: the plain ViT ones translate to the config clip_jax's registry holds
+    # under the same name; the rest (timm, HF, CoCa, ResNet, ...) raise a ValueError.
     open_clip = pytest.importorskip("open_clip")
     translated = []
     for name in open_clip.list_models():
@@ -277,12 +269,70 @@ def test_open_clip_model_configs_translate_or_are_refused():
         except ValueError:
             continue
         translated.append(name)
-        if name in MODEL_CONFIGS:
-            assert cfg == MODEL_CONFIGS[name], name
+        # Every one is named in clip_jax (infer_config matches shapes against the named configs).
+        assert MODEL_CONFIGS.get(name) == cfg, name
     assert {"ViT-B-32", "ViT-B-16-quickgelu", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14"} <= set(translated)
     assert not {"coca_ViT-B-32", "roberta-ViT-B-32", "ViT-H-14-worldwide", "RN50", "ViT-B-16-SigLIP"} & set(
         translated
     )
+
+
+def _meta_open_clip_state_dict(name: str) -> dict:
+    """open_clip's own state dict for a named config, on torch's meta device (shapes only, no weights)."""
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    with torch.device("meta"):
+        return open_clip.CLIP(**open_clip.get_model_config(name)).state_dict()
+
+
+def test_config_inferred_from_shapes_equals_open_clip_for_every_supported_config():
+    """Shapes of each open_clip model clip_jax builds give exactly its config, heads included.
+
+    The heads leave no trace in the shapes; the former 64-wide guess gave ViT-H-14's image tower 20 heads
+    instead of 16 (ViT-g-14 22, ViT-bigG-14 26, ViT-e-14 28, all 16), loading without error into a model
+    that computes other features. Shapes come from open_clip itself, built on the meta device (no weights).
+    """
+    open_clip = pytest.importorskip("open_clip")
+    checked = []
+    for name in open_clip.list_models():
+        try:
+            want = CLIPConfig.from_open_clip(open_clip.get_model_config(name))
+        except ValueError:
+            continue
+        sd = _meta_open_clip_state_dict(name)
+        assert infer_config(sd, quick_gelu=want.quick_gelu) == want, name
+        checked.append(name)
+    assert {"ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-e-14", "ViT-B-32-quickgelu"} <= set(checked)
+    h = infer_config(_meta_open_clip_state_dict("ViT-H-14"), quick_gelu=False)
+    assert (h.vision.heads, h.text.heads) == (16, 16)
+
+
+@pytest.mark.parametrize("name", ["ViT-H-14", "ViT-g-14"])
+def test_inferred_config_builds_open_clips_exact_keys_and_shapes(name):
+    """The inferred config's parameter tree has open_clip's keys and shapes (80- and 88-wide heads)."""
+    sd = _meta_open_clip_state_dict(name)
+    cfg = infer_config(sd, quick_gelu=False)
+    check_state_dict(sd, param_shapes(cfg), f"model {name!r}")
+    assert expected_shapes(param_shapes(cfg)) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def test_shapes_of_no_named_config_ask_for_the_model_name(tiny_sd, tmp_path):
+    # One layer fewer per tower: no named config has these shapes, and 64-wide towers could have 1, 2 or
+    # 4 heads, so nothing is guessed.
+    sd = {k: v for k, v in tiny_sd.items() if ".resblocks.1." not in k}
+    msg = error_of(write(sd, tmp_path / "m.safetensors"), None, quick_gelu=False)
+    assert "vision.layers 1" in msg and "match no named model" in msg and "--model" in msg
+    assert "open_clip_config.json" in msg
+
+
+def test_shapes_shared_by_named_configs_with_other_heads_are_ambiguous(tiny_sd, monkeypatch):
+    monkeypatch.setitem(
+        MODEL_CONFIGS, "tiny-4-heads", TINY.replace(text=TextConfig(width=64, heads=4, layers=2))
+    )
+    with pytest.raises(
+        ValueError, match="different heads .*tiny-4-heads: 2 vision and 4 text heads.*--model"
+    ):
+        infer_config(tiny_sd, quick_gelu=False)
 
 
 def test_hf_file_errors_name_file_keys(tmp_path):

@@ -142,6 +142,22 @@ def encode_in_batches(
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
+def check_finite(features: np.ndarray, side: str, where: str) -> None:
+    """Raise ValueError naming the side ("image" or "text") and the count if any feature row has NaN or inf.
+
+    Non-finite features have no similarity order: unchecked, they would be scored as ties or at random.
+    """
+    x = np.asarray(features)
+    if x.size == 0:
+        return
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{where}: {int(bad.sum())} of {bad.size} {side} feature rows are non-finite (NaN or inf); "
+            f"the {side} tower's outputs cannot be ranked (are the weights or the inputs broken?)"
+        )
+
+
 def trim_tokens(tokens: np.ndarray, multiple: int = 16) -> np.ndarray:
     """Drop the padding columns after the last end-of-text token (rounded up to `multiple` columns).
 

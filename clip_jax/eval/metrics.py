@@ -4,6 +4,16 @@ Classification is streamed: `ClassificationMeter.update` takes one batch of logi
 padding rows (mask 0) so that each real example is counted exactly once, and `result()` gives top-1, top-5
 and mean per-class recall (the average over classes present in the labels, as sklearn's
 `balanced_accuracy_score`, which CLIP_benchmark reports).
+
+Ties never count for the model. A wrong class whose logit equals the true class's, or a negative candidate
+whose score equals the best positive's, ranks above it. Constant (or collapsed) features therefore score 0
+at every k that does not reach past all the negatives (k < N for N candidates with one positive), not the
+k/N that a random tie-break gives on average; the rule is pessimistic on purpose, so that features that
+cannot tell candidates apart earn nothing, and the numbers depend on neither the order of the candidates nor
+a sort's tie handling. CLIP_benchmark ranks with `torch.topk`, whose order among equal scores is
+unspecified (in torch 2.x on CPU it changes with the row length), so it
+credits a tie to whichever index topk returns; the two agree whenever there are no exact ties, which real
+features give only for duplicates (the same caption or image twice). NaN scores have no rank: a ValueError.
 """
 
 from __future__ import annotations
@@ -13,16 +23,31 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def topk_indices(logits: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest logits per row, best first: int [B, k]."""
-    k = min(k, logits.shape[-1])
-    part = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
-    order = np.argsort(-np.take_along_axis(logits, part, axis=-1), axis=-1, kind="stable")
-    return np.take_along_axis(part, order, axis=-1)
+def true_class_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Rank (0 = best) of the true class in each row: the number of other classes whose logit is >= it.
+
+    A class tying the true class counts as ranked above it, so top-k accuracy is `rank < k` and ties never
+    count for the model. Raises ValueError on NaN logits (they have no order).
+    """
+    logits = np.asarray(logits)
+    _check_no_nan(logits, "logits")
+    true = np.take_along_axis(logits, labels[:, None], axis=1)
+    return (logits >= true).sum(axis=1) - 1
+
+
+def _check_no_nan(x: np.ndarray, what: str) -> None:
+    bad = np.isnan(x).any(axis=-1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {bad.size} rows of {what} contain NaN, which has no rank")
 
 
 class ClassificationMeter:
-    """Accumulates top-k hits and per-class counts over batches."""
+    """Accumulates top-k hits and per-class counts over batches.
+
+    The true class is in the top k when fewer than k other classes have a logit >= its logit: a tie counts
+    against the model (`true_class_ranks`), for top-k accuracy and mean per-class recall alike. With fewer
+    than k classes every example is a top-k hit (CLIP_benchmark reports NaN for top-5 there).
+    """
 
     def __init__(self, num_classes: int, ks: Sequence[int] = (1, 5)) -> None:
         self.num_classes = num_classes
@@ -44,13 +69,12 @@ class ClassificationMeter:
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]"
             )
-        top = topk_indices(logits, max(self.ks))
-        correct = top == labels[:, None]
+        rank = true_class_ranks(logits, labels)
         for k in self.ks:
-            self.hits[k] += int(correct[:, :k].any(axis=1).sum())
+            self.hits[k] += int((rank < k).sum())
         self.count += labels.size
         np.add.at(self.class_total, labels, 1)
-        np.add.at(self.class_hits, labels, correct[:, 0].astype(np.int64))
+        np.add.at(self.class_hits, labels, (rank == 0).astype(np.int64))
 
     def merge(self, other: ClassificationMeter) -> None:
         """Add another meter's counts (e.g. from another process)."""
@@ -97,14 +121,17 @@ def pad_groups(groups: Sequence[Sequence[int]]) -> np.ndarray:
 def retrieval_ranks(scores: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """Rank (0 = best) of the best-scoring positive for each query.
 
-    scores: [Q, N] similarities; positives: bool [Q, N]. The rank counts the candidates that score strictly
-    higher than the best positive, so recall@k is `rank < k`.
+    scores: [Q, N] similarities; positives: bool [Q, N]. The rank counts the negative candidates that score
+    at least as high as the best positive (a tie ranks above it), so recall@k is `rank < k`. Ties between
+    positives do not matter: any positive in the top k is a hit. Raises ValueError on NaN scores.
     """
     scores = np.asarray(scores, np.float32)
-    best_pos = np.where(positives, scores, -np.inf).max(axis=1)
-    if np.isinf(best_pos).any():
+    positives = np.asarray(positives, bool)
+    _check_no_nan(scores, "retrieval scores")
+    if not positives.any(axis=1).all():
         raise ValueError("every query needs at least one positive candidate")
-    return (scores > best_pos[:, None]).sum(axis=1)
+    best_pos = np.where(positives, scores, -np.inf).max(axis=1)
+    return ((scores >= best_pos[:, None]) & ~positives).sum(axis=1)
 
 
 def retrieval_metrics(
@@ -118,7 +145,8 @@ def retrieval_metrics(
 
     image_retrieval_recall@k: for each caption, is its image among the k most similar images.
     text_retrieval_recall@k:  for each image, is any of its captions among the k most similar captions.
-    Features are expected L2-normalised; `text_to_image[j]` is the image index of caption j.
+    Features are expected L2-normalised; `text_to_image[j]` is the image index of caption j. A candidate that
+    ties the best positive ranks above it (`retrieval_ranks`): constant features give 0 for k < N.
     """
     img = np.asarray(image_features, np.float32)
     txt = np.asarray(text_features, np.float32)

@@ -71,7 +71,11 @@ def retrieval_eval(
     progress: str | None = None,
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    """Image->text and text->image recall@k of a model on a dataset of images with several captions."""
+    """Image->text and text->image recall@k of a model on a dataset of images with several captions.
+
+    Non-finite (NaN or inf) image or text features raise a ValueError naming the side; ties between scores
+    count against the model (see `clip_jax.eval.metrics.retrieval_ranks`).
+    """
     mesh = F.default_mesh() if mesh is None else mesh
     context_length = model.cfg.text.context_length
     if tokenizer is None:
@@ -89,6 +93,7 @@ def retrieval_eval(
     if not image_feats:
         raise ValueError("the dataset yielded no batches")
     image_feats = np.concatenate(image_feats)
+    F.check_finite(image_feats, "image", "retrieval")
     tokens = np.concatenate(tokens)  # [N, K, L]
     present = tokens.any(axis=-1)  # [N, K]
     if not present.any(axis=1).all():
@@ -96,6 +101,7 @@ def retrieval_eval(
     text_to_image = np.nonzero(present)[0]
     flat = F.trim_tokens(tokens[present])
     text_feats = F.encode_in_batches(F.text_encoder(model, params, mesh=mesh), flat, text_batch_size)
+    F.check_finite(text_feats, "text", "retrieval")
     metrics = retrieval_metrics(image_feats, text_feats, text_to_image, ks)
     metrics.update(num_images=int(image_feats.shape[0]), num_captions=int(flat.shape[0]))
     return metrics

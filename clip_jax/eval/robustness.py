@@ -28,7 +28,14 @@ import numpy as np
 
 from clip_jax.eval import features as F
 from clip_jax.eval import metadata
-from clip_jax.eval.zeroshot import Head, build_zeroshot_classifier, evaluate_logits, head_for, logits_encoder
+from clip_jax.eval.zeroshot import (
+    Head,
+    build_zeroshot_classifier,
+    check_classifier,
+    evaluate_logits,
+    head_for,
+    logits_encoder,
+)
 from clip_jax.models.clip import CLIP
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG")
@@ -137,6 +144,7 @@ def robustness_eval(
         classifier = build_zeroshot_classifier(
             model, params, classnames, templates, tokenizer=tokenizer, mesh=mesh, progress=progress
         )
+    check_classifier(classifier)
     enc = logits_encoder(model, params, mesh)
     clf = jax.numpy.asarray(classifier, jax.numpy.float32)
     reference = reference or datasets[0][0]

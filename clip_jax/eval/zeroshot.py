@@ -79,6 +79,7 @@ def build_zeroshot_classifier(
     tokens = F.trim_tokens(np.asarray(tokenizer(texts), np.int32))
     encoder = F.text_encoder(model, params, normalize=True, mesh=mesh)
     emb = F.encode_in_batches(encoder, tokens, batch_size, "zero-shot classifier" if progress else None)
+    F.check_finite(emb, "text", "zero-shot classifier prompts")
     emb = emb.reshape(len(classnames), len(templates), -1)
     weights = np.asarray(l2_normalize(jnp.asarray(emb.mean(axis=1)))).T
     if cache_path is not None and jax.process_index() == 0:
@@ -87,6 +88,11 @@ def build_zeroshot_classifier(
         np.save(tmp, weights)
         os.replace(tmp, cache_path)
     return weights
+
+
+def check_classifier(classifier: np.ndarray) -> None:
+    """ValueError naming the text side if any class embedding (column of [D, C]) holds NaN or inf."""
+    F.check_finite(np.asarray(classifier).T, "text", "zero-shot classifier (one row per class)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,14 +144,22 @@ def evaluate_logits(
     max_batches: int | None = None,
     progress: str | None = None,
 ) -> dict[str, float]:
-    """Stream a dataset through `logits_fn(images) -> logits` and score top-1/top-5/mean per-class recall."""
+    """Stream a dataset through `logits_fn(images) -> logits` and score top-1/top-5/mean per-class recall.
+
+    A class tying the true class's logit ranks above it (`clip_jax.eval.metrics.ClassificationMeter`).
+    Non-finite logits of real (unmasked) rows raise a ValueError that blames the image features: callers
+    check the classifier (`check_classifier`) first.
+    """
     meter: ClassificationMeter | None = None
     dropped = 0
-    for batch in F.iterate_batches(dataset, max_batches, progress):
+    for i, batch in enumerate(F.iterate_batches(dataset, max_batches, progress)):
         images = np.asarray(batch["image"], np.float32)
         mask = F.gather_processes(F.batch_mask(batch))
         labels = F.gather_processes(np.asarray(batch["label"], np.int64))
         logits = F.gather_processes(np.asarray(logits_fn(images)))
+        # Unit image features against a finite classifier give logits in [-100, 100]: a non-finite logit
+        # means non-finite image features. Stop at the first such batch rather than score the rest.
+        F.check_finite(logits[mask], "image", f"zero-shot logits of batch {i}")
         if head.groups is not None:
             logits = collapse_logits(logits, head.groups)
         if head.label_map is not None:
@@ -203,6 +217,7 @@ def zeroshot_eval(
             cache_dir=cache_dir,
             checkpoint_id=checkpoint_id,
         )
+    check_classifier(classifier)
     enc = logits_encoder(model, params, mesh)
     clf = jnp.asarray(classifier, jnp.float32)
     return evaluate_logits(lambda x: enc(x, clf), dataset, head, max_batches=max_batches, progress=progress)

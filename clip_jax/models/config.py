@@ -207,17 +207,47 @@ def _check_keys(cls: type, d: Mapping[str, Any], where: str) -> None:
         raise ValueError(f"unknown field(s) {unknown} in {where}; known fields: {sorted(known)}")
 
 
+_TEXT_S_ALT = TextConfig(width=256, heads=4, layers=10)
+_TEXT_S = TextConfig(width=384, heads=6, layers=12)
 _TEXT_B = TextConfig(width=512, heads=8, layers=12)
+_TEXT_PLUS = TextConfig(width=640, heads=10, layers=12)
 _TEXT_L = TextConfig(width=768, heads=12, layers=12)
 _TEXT_H = TextConfig(width=1024, heads=16, layers=24)
+_TEXT_BIGG = TextConfig(width=1280, heads=20, layers=32)
+_TEXT_E = TextConfig(width=1280, heads=20, layers=36)
+# The ViT-H/-g/-bigG/-e image towers have heads wider than OpenAI's 64, which their weights do not show:
+# `clip_jax.weights.infer_config` takes heads from this table (matched by shapes), never from a guess.
+_V_H = dict(width=1280, layers=32, head_width=80)
 
-# Exact hyperparameters of open_clip's model_configs/<name>.json.
+# Exact hyperparameters of open_clip's model_configs/<name>.json, for every one of them that clip_jax can
+# build (tests/test_weights.py checks both directions: each translates to this entry, none is missing).
 _BASE_CONFIGS: dict[str, CLIPConfig] = {
+    "ViT-S-32": CLIPConfig(384, VisionConfig(224, 32, 384, 12), _TEXT_S),
+    "ViT-S-32-alt": CLIPConfig(256, VisionConfig(224, 32, 384, 12), _TEXT_S_ALT),
+    "ViT-S-16": CLIPConfig(384, VisionConfig(224, 16, 384, 12), _TEXT_S),
+    "ViT-S-16-alt": CLIPConfig(256, VisionConfig(224, 16, 384, 12), _TEXT_S_ALT),
+    "ViT-M-32": CLIPConfig(512, VisionConfig(224, 32, 512, 12), _TEXT_B),
+    "ViT-M-32-alt": CLIPConfig(384, VisionConfig(224, 32, 512, 12), _TEXT_S),
+    "ViT-M-16": CLIPConfig(512, VisionConfig(224, 16, 512, 12), _TEXT_B),
     "ViT-B-32": CLIPConfig(512, VisionConfig(224, 32, 768, 12), _TEXT_B),
+    "ViT-B-32-256": CLIPConfig(512, VisionConfig(256, 32, 768, 12), _TEXT_B),
+    "ViT-B-32-plus-256": CLIPConfig(640, VisionConfig(256, 32, 896, 12), _TEXT_PLUS),
     "ViT-B-16": CLIPConfig(512, VisionConfig(224, 16, 768, 12), _TEXT_B),
+    "ViT-B-16-plus": CLIPConfig(640, VisionConfig(224, 16, 896, 12), _TEXT_PLUS),
+    "ViT-B-16-plus-240": CLIPConfig(640, VisionConfig(240, 16, 896, 12), _TEXT_PLUS),
     "ViT-L-14": CLIPConfig(768, VisionConfig(224, 14, 1024, 24), _TEXT_L),
+    "ViT-L-14-280": CLIPConfig(768, VisionConfig(280, 14, 1024, 24), _TEXT_L),
     "ViT-L-14-336": CLIPConfig(768, VisionConfig(336, 14, 1024, 24), _TEXT_L),
-    "ViT-H-14": CLIPConfig(1024, VisionConfig(224, 14, 1280, 32, head_width=80), _TEXT_H),
+    "ViT-L-16": CLIPConfig(768, VisionConfig(224, 16, 1024, 24), _TEXT_L),
+    "ViT-L-16-320": CLIPConfig(768, VisionConfig(320, 16, 1024, 24), _TEXT_L),
+    "ViT-H-14": CLIPConfig(1024, VisionConfig(224, 14, **_V_H), _TEXT_H),
+    "ViT-H-14-378": CLIPConfig(1024, VisionConfig(378, 14, **_V_H), _TEXT_H),
+    "ViT-H-16": CLIPConfig(1024, VisionConfig(224, 16, **_V_H), _TEXT_H),
+    "ViT-g-14": CLIPConfig(1024, VisionConfig(224, 14, 1408, 40, head_width=88, mlp_ratio=4.3637), _TEXT_H),
+    "ViT-bigG-14": CLIPConfig(
+        1280, VisionConfig(224, 14, 1664, 48, head_width=104, mlp_ratio=4.9231), _TEXT_BIGG
+    ),
+    "ViT-e-14": CLIPConfig(1280, VisionConfig(224, 14, 1792, 56, head_width=112, mlp_ratio=8.5715), _TEXT_E),
     # Small models for tests and the synthetic-data main job; not open_clip configs.
     "tiny": CLIPConfig(
         64,

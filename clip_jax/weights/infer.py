@@ -1,8 +1,11 @@
 """Infer a CLIPConfig from the tensor shapes of an open_clip-layout state dict.
 
-Shapes give every size except two things: the number of attention heads (OpenAI and open_clip use
-64-wide heads, assumed here) and the activation (QuickGELU or GELU leave no trace in the weights, so the
-caller must say which).
+Shapes give every size except two things. The number of attention heads leaves no trace: a width-1280
+tower has the same tensors with 20 heads of 64 (OpenAI's width) as with ViT-H-14's 16 heads of 80, and
+computes different features. So the heads are never guessed: shapes that match a named config
+(`clip_jax.models.MODEL_CONFIGS`, which holds every open_clip config clip_jax can build) take its heads,
+and shapes that match none raise a ValueError asking for the model name. The activation (QuickGELU or
+GELU) leaves no trace either, so the caller must say which.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
-
-HEAD_WIDTH = 64
+from clip_jax.models.config import MODEL_CONFIGS, CLIPConfig
 
 
 def mlp_ratio(mlp_width: int, width: int) -> float:
@@ -24,49 +26,90 @@ def mlp_ratio(mlp_width: int, width: int) -> float:
     return r if int(width * r) == mlp_width else (mlp_width + 0.5) / width
 
 
-def _layers(state_dict: Mapping[str, np.ndarray], prefix: str) -> int:
+def _layers(state_dict: Mapping[str, Any], prefix: str) -> int:
     pat = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
     idx = {int(m.group(1)) for k in state_dict if (m := pat.match(k))}
     return max(idx) + 1 if idx else 0
 
 
-def _get(state_dict: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+def _get(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
     if key not in state_dict:
         raise ValueError(f"cannot infer the model config: the checkpoint has no key {key!r}")
     return tuple(state_dict[key].shape)
 
 
-def infer_config(state_dict: Mapping[str, np.ndarray], quick_gelu: bool) -> CLIPConfig:
-    """The CLIPConfig whose parameters have the shapes found in `state_dict` (open_clip key names)."""
+def shape_signature(cfg: CLIPConfig) -> dict[str, int]:
+    """Everything about `cfg` that its parameter shapes determine (all but heads and activation)."""
+    v, t = cfg.vision, cfg.text
+    return {
+        "embed_dim": cfg.embed_dim,
+        "vision.patch_size": v.patch_size,
+        "vision.grid_size": v.grid_size,
+        "vision.width": v.width,
+        "vision.layers": v.layers,
+        "vision.mlp_width": v.mlp_width,
+        "text.context_length": t.context_length,
+        "text.vocab_size": t.vocab_size,
+        "text.width": t.width,
+        "text.layers": t.layers,
+        "text.mlp_width": t.mlp_width,
+    }
+
+
+def _signature_of(state_dict: Mapping[str, Any]) -> dict[str, int]:
     width, _, patch, _ = _get(state_dict, "visual.conv1.weight")
     num_pos = _get(state_dict, "visual.positional_embedding")[0]
     grid = math.isqrt(num_pos - 1)
     if grid * grid != num_pos - 1:
         raise ValueError(f"visual.positional_embedding has {num_pos - 1} patch positions, not a square grid")
-    v_mlp = _get(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0]
-    vision = VisionConfig(
-        image_size=grid * patch,
-        patch_size=patch,
-        width=width,
-        layers=_layers(state_dict, "visual."),
-        head_width=HEAD_WIDTH,
-        mlp_ratio=mlp_ratio(v_mlp, width),
-    )
     context_length, t_width = _get(state_dict, "positional_embedding")
-    t_mlp = _get(state_dict, "transformer.resblocks.0.mlp.c_fc.weight")[0]
-    text = TextConfig(
-        context_length=context_length,
-        vocab_size=_get(state_dict, "token_embedding.weight")[0],
-        width=t_width,
-        heads=max(1, t_width // HEAD_WIDTH),
-        layers=_layers(state_dict, ""),
-        mlp_ratio=mlp_ratio(t_mlp, t_width),
-    )
+    return {
+        "embed_dim": _get(state_dict, "text_projection")[-1],
+        "vision.patch_size": patch,
+        "vision.grid_size": grid,
+        "vision.width": width,
+        "vision.layers": _layers(state_dict, "visual."),
+        "vision.mlp_width": _get(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+        "text.context_length": context_length,
+        "text.vocab_size": _get(state_dict, "token_embedding.weight")[0],
+        "text.width": t_width,
+        "text.layers": _layers(state_dict, ""),
+        "text.mlp_width": _get(state_dict, "transformer.resblocks.0.mlp.c_fc.weight")[0],
+    }
+
+
+def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool) -> CLIPConfig:
+    """The named config whose parameters have the shapes found in `state_dict` (open_clip key names).
+
+    Only `.shape` of each value is read (and the value of `logit_bias`, which sets `init_logit_bias`).
+    Raises ValueError, asking for the model name, when no named config has these shapes, or when several
+    with different heads do.
+    """
+    sig = _signature_of(state_dict)
     bias = state_dict.get("logit_bias")
-    return CLIPConfig(
-        embed_dim=_get(state_dict, "text_projection")[-1],
-        vision=vision,
-        text=text,
-        quick_gelu=quick_gelu,
-        init_logit_bias=None if bias is None else float(np.asarray(bias).reshape(())),
+    init_logit_bias = None if bias is None else float(np.asarray(bias).reshape(()))
+    matches: dict[CLIPConfig, list[str]] = {}
+    for name, named in MODEL_CONFIGS.items():
+        if shape_signature(named) == sig:
+            cfg = named.replace(quick_gelu=quick_gelu, init_logit_bias=init_logit_bias)
+            matches.setdefault(cfg, []).append(name)
+    how = (
+        "pass the model name (--model on the command line, `name` in load_pretrained) or a CLIPConfig, "
+        "or put the model's open_clip_config.json beside the weights"
     )
+    if not matches:
+        sizes = ", ".join(f"{k} {v}" for k, v in sig.items())
+        raise ValueError(
+            f"cannot infer the model config: the checkpoint's shapes ({sizes}) match no named model in "
+            "clip_jax.models.MODEL_CONFIGS, and the number of attention heads leaves no trace in the "
+            f"weights (ViT-H-14's heads are 80 wide, not OpenAI's 64): {how}"
+        )
+    if len(matches) > 1:
+        found = "; ".join(
+            f"{'/'.join(names)}: {cfg.vision.heads} vision and {cfg.text.heads} text heads"
+            for cfg, names in matches.items()
+        )
+        raise ValueError(
+            f"cannot infer the model config: its shapes fit models with different heads ({found}): {how}"
+        )
+    return next(iter(matches))

@@ -143,8 +143,9 @@ def load_pretrained(
     """Build `CLIP(cfg, **model_kwargs)` and its params from the weights at `path`.
 
     `name` is a model name ('ViT-B-32-quickgelu'), a CLIPConfig, or None to take the config from the
-    checkpoint (its json, else its shapes; `quick_gelu` must then be given for open_clip files, since the
-    activation leaves no trace in the weights). A mismatch between config and checkpoint (wrong model,
+    checkpoint (its json, else its shapes, which identify only the named configs since the heads leave no
+    trace in the weights; `quick_gelu` must then be given for open_clip files, as the activation leaves
+    none either). A mismatch between config and checkpoint (wrong model,
     missing, unexpected or mis-shaped key) is a ValueError that names the key and both shapes. With
     `scan=True` in `model_kwargs` the layers are stacked for the scanned model.
     """
