@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from adam_bounds import adam_drift_bound
 
 from clip_jax.config_utils import default_config, validate_config
 
@@ -260,7 +261,8 @@ def test_run_writes_metrics_config_and_tensorboard(reference):
 def test_the_model_at_initialisation_is_the_one_training_starts_from(reference):
     """What the main job's "at init" column evaluates (clip_jax.models.init_params with the trainer's
     init_rngs) is the trainer's initial model. Both are the same jitted random draws; only XLA's
-    optimisation level differs, so the values agree to a few float32 ulps."""
+    optimisation level differs (FMA contraction in the inverse-erf polynomial), so the values agree to
+    float32 rounding, 1e-5 relative, while another key gives other values altogether."""
     from clip_jax.config_utils import resolve_model_config
     from clip_jax.models import CLIP, init_params
     from clip_jax.sharding import dict_key_path
@@ -272,7 +274,7 @@ def test_the_model_at_initialisation_is_the_one_training_starts_from(reference):
     trainer = load_params(reference / "initial_params.npz")
     assert ours.keys() == trainer.keys()
     for k in ours:
-        np.testing.assert_allclose(ours[k], trainer[k], rtol=1e-6, atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(ours[k], trainer[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run_bitwise(reference, cli_env, tmp_path):
@@ -391,14 +393,21 @@ def test_gradient_accumulation_through_the_trainer_matches_the_full_batch(runs):
     """The accumulated gradients themselves are compared in tests/test_train_step.py; here the trainer's
     accum_steps reaches them: same loss and gradient norm (a sum-instead-of-mean bug scales it by 4) at
     step 1, from the same parameters. Later steps start from parameters that Adam made differ by float
-    noise, so they are compared only loosely."""
+    noise: the final parameters are held to the bound on that drift."""
     rc, out, workdir = runs.result("accum")
     assert rc == 0, out[-4000:]
     got, want = metrics(workdir), metrics(runs.reference)
     assert len(got) == TOTAL_STEPS
     for key in ("loss", "grad_norm"):
         assert got[0][key] == pytest.approx(want[0][key], rel=1e-5), key
-        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-3)
+    assert_within_adam_drift(workdir, runs.reference, TOTAL_STEPS, BASE["lr"])
+
+
+def assert_within_adam_drift(got: Path, want: Path, steps: int, lr: float) -> None:
+    a, b = load_params(got / "final_params.npz"), load_params(want / "final_params.npz")
+    assert a.keys() == b.keys()
+    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
+    assert worst <= adam_drift_bound(steps, lr), worst
 
 
 def option_metrics(runs, name: str) -> list[dict]:
@@ -414,18 +423,23 @@ def test_every_training_option_runs_and_fits_a_batch(runs, name):
     records = option_metrics(runs, name)
     losses = [r["loss"] for r in records]
     assert all(np.isfinite(losses)) and all(r["nonfinite"] == 0 for r in records)
-    assert losses[-1] < losses[0] - 0.1, losses  # one repeated batch: the loss must fall
+    # One repeated batch: the loss must fall. It falls by 0.5 to 5 in these runs, and float differences
+    # between machines move it by ~1e-5, so a fall of 0.1 is a margin, not a reading.
+    assert losses[-1] < losses[0] - 0.1, losses
 
 
 @pytest.mark.parametrize("name", ["scan", "remat_full", "remat_dots", "remat_dots_no_batch"])
 def test_layout_options_train_the_same_model(runs, name):
     """scan (it starts from the unrolled model's initial values, stacked) and every remat policy compute
     the same loss and gradients as the plain run: at step 1, from the same parameters, up to float
-    rounding of reordered sums (1e-5 relative); later steps loosely, as Adam amplifies that noise."""
+    rounding of reordered sums (1e-5 relative); the final parameters within the drift Adam can make of
+    that noise."""
     got, want = option_metrics(runs, name), option_metrics(runs, "plain")
     for key in ("loss", "grad_norm"):
         assert got[0][key] == pytest.approx(want[0][key], rel=1e-5), key
-        np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-3)
+    assert_within_adam_drift(
+        runs.base / f"option_{name}", runs.base / "option_plain", FIT["total_steps"], FIT["lr"]
+    )
 
 
 def test_options_that_change_the_step_differ_from_plain_at_step_1(runs):
@@ -438,7 +452,8 @@ def test_options_that_change_the_step_differ_from_plain_at_step_1(runs):
         clip[0]["grad_norm"] == pytest.approx(plain[0]["grad_norm"], rel=1e-5) and plain[0]["grad_norm"] > 1
     )
     # Adam is blind to a constant gradient scale, so clipping every step to norm 1 shows only once the
-    # unclipped norms of the steps differ (24, 19, 8 here): in the Adam moments' mix, by the last step.
+    # unclipped norms of the steps differ: in the Adam moments' mix, by the last step, where the loss
+    # moves by several percent; float noise between machines is ~1e-5, so 1e-3 separates the two.
     assert clip[-1]["loss"] != pytest.approx(plain[-1]["loss"], rel=1e-3)
     bf16 = option_metrics(runs, "bf16")
     # bf16 keeps 8 bits: ~2^-8 relative error per rounding, a few dozen roundings deep; the loss moves

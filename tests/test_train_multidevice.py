@@ -1,9 +1,10 @@
 """The trainer on 8 simulated CPU devices and on 2 processes x 4 devices.
 
 - 3 steps on the meshes (data=8), (fsdp=8), (data=2, fsdp=2, tensor=2) match the single-device run:
-  per-step losses to 1e-5 relative, parameters to 1e-5 absolute (lr 1e-4: Adam turns float noise in
-  exactly-zero gradients, e.g. the key bias of attention, into updates of up to lr, so a larger lr
-  needs a looser bound);
+  the loss and gradient norm of step 1 (same parameters, same batch: only the order of float sums
+  differs) to 1e-5 relative; the parameters after the last step within adam_drift_bound (Adam turns float
+  noise in near-zero gradients, e.g. the key bias of attention, into updates of up to ~lr, so later
+  steps can only be held to the bound on how far two Adam trajectories can drift apart);
 - parameters are placed as the logical axis rules say;
 - a checkpoint saved on (data=8) restores bit-exactly onto (2, 2, 2) and training continues there;
 - a 2-process x 4-device run on localhost matches the 1-process 8-device run, and only process 0
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from adam_bounds import adam_drift_bound
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "tests" / "multidevice" / "train_cli.py"
@@ -178,8 +180,20 @@ def max_abs_diff(a: dict, b: dict) -> tuple[float, str]:
     return diffs[worst], worst
 
 
+def records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(workdir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records(workdir)]
+
+
+def assert_same_first_step(got: Path, want: Path) -> None:
+    """Step 1 runs on the same parameters and batch in both: equal up to the order of float sums."""
+    a, b = records(got)[0], records(want)[0]
+    assert a["step"] == b["step"] == 1
+    for key in ("loss", "grad_norm"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
 def placement(run: Run) -> dict:
@@ -193,11 +207,11 @@ def test_mesh_matches_single_device(runs, name):
     assert placement(runs[name])["mesh"] == dict(zip(("data", "fsdp", "tensor"), MESHES[name], strict=True))
     single, sharded = runs["single"].workdir, runs[name].workdir
     assert len(losses(sharded)) == len(losses(single)) == CONFIG["total_steps"]
-    np.testing.assert_allclose(losses(sharded), losses(single), rtol=1e-5)
+    assert_same_first_step(sharded, single)
     diff, worst = max_abs_diff(
         load_params(sharded / "final_params.npz"), load_params(single / "final_params.npz")
     )
-    assert diff < 1e-5, (diff, worst)
+    assert diff <= adam_drift_bound(CONFIG["total_steps"], CONFIG["lr"]), (diff, worst)
 
 
 def test_params_are_placed_by_the_logical_rules(runs):
@@ -237,12 +251,20 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(runs):
     saved, back = load_params(data8 / "saved_params_2.npz"), load_params(resharded / "restored_params.npz")
     assert saved.keys() == back.keys()
     assert [k for k in saved if not np.array_equal(saved[k], back[k])] == []
-    # The resumed run logs only its own step 3, which sees the same batch as the uninterrupted run's.
+    # The resumed run logs only its own step 3, which sees the same batch as the uninterrupted run's and
+    # starts from the bit-identical state: equal up to the order of float sums on the other mesh.
     assert len(losses(resharded)) == 1
-    np.testing.assert_allclose(losses(resharded)[0], losses(data8)[2], rtol=1e-5)
+    for key in ("loss", "grad_norm"):
+        assert records(resharded)[0][key] == pytest.approx(records(data8)[2][key], rel=1e-5), key
     final = load_params(resharded / "final_params.npz")
-    assert max_abs_diff(final, load_params(data8 / "final_params.npz"))[0] < 1e-5
-    assert max_abs_diff(final, load_params(mixed / "final_params.npz"))[0] < 1e-5
+    # From the same Adam state, one step of drift; against the (2, 2, 2) run, which drifted from the
+    # (data=8) one from step 1 on, three.
+    assert max_abs_diff(final, load_params(data8 / "final_params.npz"))[0] <= adam_drift_bound(
+        1, CONFIG["lr"]
+    )
+    assert max_abs_diff(final, load_params(mixed / "final_params.npz"))[0] <= adam_drift_bound(
+        3, CONFIG["lr"]
+    )
 
 
 def test_two_processes_match_one_process(runs):
@@ -252,10 +274,9 @@ def test_two_processes_match_one_process(runs):
     two, data8 = runs["process_0"].workdir, runs["data=8"].workdir
     assert placement(runs["process_0"])["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
     diff, worst = max_abs_diff(load_params(two / "final_params.npz"), load_params(data8 / "final_params.npz"))
-    assert diff < 1e-5, (diff, worst)
-    records = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]  # process 1 appended nothing
-    np.testing.assert_allclose([r["loss"] for r in records], losses(data8), rtol=1e-5)
+    assert diff <= adam_drift_bound(CONFIG["total_steps"], CONFIG["lr"]), (diff, worst)
+    assert [r["step"] for r in records(two)] == [1, 2, 3]  # process 1 appended nothing
+    assert_same_first_step(two, data8)
     assert len(list((two / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (two / "checkpoints" / "3").is_dir()
 
