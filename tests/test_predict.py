@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -20,14 +21,17 @@ LABELS = ["a photo of a cat", "a dog", "a diagram", "a cup of coffee"]
 
 def test_predict_matches_open_clip(tmp_path, capsys):
     torch.manual_seed(0)
-    ref = open_clip.CLIP(
+    model_cfg = dict(
         embed_dim=64,
         vision_cfg=dict(image_size=112, patch_size=14, width=128, layers=2, head_width=64),
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
-    ).eval()
+    )
+    ref = open_clip.CLIP(**model_cfg).eval()
     with torch.no_grad():
         ref.logit_scale.fill_(float(np.log(100.0)))  # a trained model's temperature, so probs are peaked
     torch.save(ref.state_dict(), tmp_path / "weights.bin")
+    # A custom model: its heads leave no trace in the weights, so its config travels beside them.
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     image = tmp_path / "chelsea.png"
     Image.fromarray(skimage_data.chelsea()).save(image)
 

@@ -145,6 +145,18 @@ def load_params(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def unstacked(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Scanned layers' stacked 'resblocks/...' entries as the unrolled 'resblocks_{i}/...' ones."""
+    out = {}
+    for k, v in params.items():
+        if "/resblocks/" in k:
+            for i, layer in enumerate(v):
+                out[k.replace("/resblocks/", f"/resblocks_{i}/")] = layer
+        else:
+            out[k] = v
+    return out
+
+
 def assert_bitwise_equal(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     differ = [k for k in a if not np.array_equal(a[k], b[k])]
@@ -404,7 +416,7 @@ def test_gradient_accumulation_through_the_trainer_matches_the_full_batch(runs):
 
 
 def assert_within_adam_drift(got: Path, want: Path, steps: int, lr: float) -> None:
-    a, b = load_params(got / "final_params.npz"), load_params(want / "final_params.npz")
+    a, b = (unstacked(load_params(d / "final_params.npz")) for d in (got, want))
     assert a.keys() == b.keys()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
     assert worst <= adam_drift_bound(steps, lr), worst
