@@ -1,15 +1,12 @@
 """Contrastive losses: dense vs numpy and open_clip; sharded vs dense on 8 simulated CPU devices."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from script_output import run_json_script
 
 from clip_jax.losses import contrastive_loss, sigmoid_loss, softmax_loss
 
@@ -105,15 +102,7 @@ def test_contrastive_loss_errors():
 @pytest.fixture(scope="module")
 def multidevice():
     """Run the 8-device check in its own process: XLA_FLAGS must be set before jax is imported."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(CHECK_SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return run_json_script(CHECK_SCRIPT, timeout=300)
 
 
 def test_multidevice_setup(multidevice):

@@ -4,13 +4,10 @@ with the sharded loss. The computation runs in tests/multidevice/accum_check.py,
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_output import run_json_script
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = REPO / "tests" / "multidevice" / "accum_check.py"
@@ -25,15 +22,7 @@ REL_TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def check():
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    )
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, str(CHECK_SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout)
+    return run_json_script(CHECK_SCRIPT, timeout=600)
 
 
 def test_every_case_ran(check):
