@@ -250,6 +250,7 @@ class TrainLoop:
         self.config, self.workdir, self.is_main = config, workdir, is_main
         self.ckpt, self.model, self.data_iter = ckpt, model, data_iter
         self.preempted = False
+        self._stop_agreed = False  # multi-process: every process has agreed to stop at this step
         self.evaluator = None  # built at the first evaluation
         # With several processes, JAX's preemption service (started by jax.distributed.initialize) takes
         # SIGTERM itself and agrees on a step to stop at (see _stop_requested); a handler of ours would
@@ -333,18 +334,22 @@ class TrainLoop:
         processes agree by an allgather, only on log and checkpoint steps, where the host waits for
         the step anyway.
         """
-        if jax.process_count() == 1 or self.preempted:
+        if jax.process_count() == 1 or self._stop_agreed:
             return self.preempted
         from jax.experimental import multihost_utils
 
+        # self.preempted alone (our handler, fallback path) is this process's notice, not an agreement:
+        # stopping on it would leave the other processes waiting in the next step's collectives.
         if self._sync_manager is not None:
-            self.preempted = bool(multihost_utils.reached_preemption_sync_point(step))
+            agreed = bool(multihost_utils.reached_preemption_sync_point(step))
         elif step % self.config.log_every == 0 or step % self.config.checkpoint_every == 0:
-            flags = multihost_utils.process_allgather(np.array([self.preempted]))
-            self.preempted = bool(np.any(flags))
-        if self.preempted:
+            agreed = bool(np.any(multihost_utils.process_allgather(np.array([self.preempted]))))
+        else:
+            agreed = False
+        if agreed:
+            self.preempted = self._stop_agreed = True
             log.warning("preemption notice: stopping at step %d", step)
-        return self.preempted
+        return agreed
 
     def _check_finite(self, step: int, metrics: dict) -> None:
         """Stop at the first step whose loss, gradient norm or updated parameters are NaN or infinite
