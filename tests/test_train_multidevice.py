@@ -10,7 +10,8 @@
 - a 2-process x 4-device run on localhost matches the 1-process 8-device run, and only process 0
   writes metrics;
 - SIGTERM to one process of a 2-process run stops both at the same step, with one checkpoint of it
-  (JAX's preemption service agrees on the step; no collective per step).
+  (JAX's preemption service agrees on the step; without it, an allgather on log steps; no collective
+  per step either way).
 
 Every run is a CLI run in its own process (tests/multidevice/train_cli.py): the device count and
 jax.distributed must be set before jax starts. Independent runs overlap, to use both cores.
@@ -45,6 +46,7 @@ CONFIG = {
     "lr": 1e-4,
     "warmup_steps": 1,
 }
+SIGTERM_RUNS = {"sigterm": {}, "sigterm_allgather": {"JAX_ENABLE_PREEMPTION_SERVICE": "false"}}
 MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2,fsdp=2,tensor=2": (2, 2, 2)}
 
 
@@ -152,19 +154,27 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     runs["process_1"] = Run(two, env_1, mesh_flags(MESHES["data=8"]), "process_1.log")
 
     # The same, 6 steps logged every 2 and no periodic checkpoint; process 1 alone gets SIGTERM while
-    # it fetches the batch of step 3.
-    stop, address = base / "sigterm_two_processes", f"127.0.0.1:{free_port()}"
+    # it fetches the batch of step 3. Once with JAX's preemption service, once without it (the
+    # processes then agree by an allgather on log steps).
     long = {"total_steps": 6, "log_every": 2, "checkpoint_every": 100}
-    procs = []
-    for i in range(2):
-        env_i = dict(
-            env4, CLIP_JAX_COORDINATOR_ADDRESS=address, CLIP_JAX_NUM_PROCESSES="2", CLIP_JAX_PROCESS_ID=str(i)
-        )
-        if i == 1:
-            env_i["CLIP_JAX_TEST_SIGTERM_AT"] = "2"
-        procs.append(Run(stop, env_i, mesh_flags(MESHES["data=8"]), f"process_{i}.log", config=long))
-    runs["sigterm_0"], runs["sigterm_1"] = procs
-    wait_all([[runs["resharded"]], [runs["process_0"], runs["process_1"]], procs], deadline)
+    groups = []
+    for name, extra_env in SIGTERM_RUNS.items():
+        stop, address = base / name, f"127.0.0.1:{free_port()}"
+        procs = []
+        for i in range(2):
+            env_i = dict(
+                env4,
+                CLIP_JAX_COORDINATOR_ADDRESS=address,
+                CLIP_JAX_NUM_PROCESSES="2",
+                CLIP_JAX_PROCESS_ID=str(i),
+                **extra_env,
+            )
+            if i == 1:
+                env_i["CLIP_JAX_TEST_SIGTERM_AT"] = "2"
+            procs.append(Run(stop, env_i, mesh_flags(MESHES["data=8"]), f"process_{i}.log", config=long))
+        runs[f"{name}_0"], runs[f"{name}_1"] = procs
+        groups.append(procs)
+    wait_all([[runs["resharded"]], [runs["process_0"], runs["process_1"]], *groups], deadline)
     return runs
 
 
@@ -281,16 +291,19 @@ def test_two_processes_match_one_process(runs):
     assert (two / "checkpoints" / "3").is_dir()
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
+@pytest.mark.parametrize("name", list(SIGTERM_RUNS))
+def test_sigterm_to_one_process_stops_both_at_the_same_step(runs, name):
     import re
 
-    runs["sigterm_0"].check()
-    runs["sigterm_1"].check()
-    stopped = [re.findall(r"preempted at step (\d+)", runs[f"sigterm_{i}"].log.read_text()) for i in range(2)]
+    runs[f"{name}_0"].check()
+    runs[f"{name}_1"].check()
+    stopped = [re.findall(r"preempted at step (\d+)", runs[f"{name}_{i}"].log.read_text()) for i in range(2)]
     assert stopped[0] and stopped[0] == stopped[1], stopped
     step = int(stopped[0][0])
+    if name == "sigterm_allgather":
+        assert step == 4  # the first log step after the notice
     assert 3 <= step < 6
-    workdir = runs["sigterm_0"].workdir
+    workdir = runs[f"{name}_0"].workdir
     checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert checkpoints == [step]
     logged = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
