@@ -45,15 +45,21 @@ def tree_equal(a, b) -> bool:
     return all(jax.tree.leaves(same))
 
 
-@pytest.fixture(scope="module")
-def tiny_params():
-    # Random values of the right shapes: compiling the model's init takes far longer than these tests.
-    rng = np.random.default_rng(0)
+def random_tiny_params(seed: int = 0) -> dict:
+    """Per-layer params of the tiny model, every leaf random (LayerNorm scales, biases, embeddings and
+    the logit scale too, so that no mapping is tested on a constant). Drawn with numpy in the shapes of
+    the model: compiling its init takes far longer than the tests that use them."""
+    rng = np.random.default_rng(seed)
     params = jax.tree.map(
         lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(TINY)
     )
-    params["logit_scale"] = np.asarray(np.log(1 / 0.07), np.float32)
+    params["logit_scale"] = np.asarray(rng.uniform(np.log(10), np.log(100)), np.float32)
     return params
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return random_tiny_params()
 
 
 @pytest.fixture

@@ -3,15 +3,18 @@
 Supported inputs: open_clip / OpenAI state dicts (.safetensors, .bin/.pt/.pth pickles, training
 checkpoints with a `state_dict` entry), OpenAI TorchScript archives, HF CLIPModel files or directories,
 and directories written by `save_params`. Everything is first brought to open_clip's key names; the
-named (or inferred) config then defines the exact set of keys and shapes that must be present.
+named (or inferred) config then defines the exact set of keys and shapes that must be present. Every
+error names the file it is about (weights or config json) and what is wrong with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +45,16 @@ def read_open_clip_state_dict(path: str | os.PathLike) -> OpenClipStateDict:
     ckpt = readers.read_checkpoint(path)
     sd = ckpt.state_dict
     if hf.is_hf_state_dict(sd):
-        sd, origin = hf.hf_to_open_clip(sd)
-        cfg = hf.config_from_hf(ckpt.hf_config) if ckpt.hf_config else None
+        with _naming(ckpt.path):
+            sd, origin = hf.hf_to_open_clip(sd)
+        with _naming(ckpt.path.parent / "config.json"):
+            cfg = hf.config_from_hf(ckpt.hf_config) if ckpt.hf_config else None
         return OpenClipStateDict(sd, ckpt.path, "hf", origin, cfg)
     # open_clip's CustomTextCLIP keeps the text tower under `text.`; CLIP has it at the top level.
     if "text_projection" not in sd and any(k.startswith("text.") for k in sd):
         sd = {k[len("text.") :] if k.startswith("text.") else k: v for k, v in sd.items()}
-    cfg = CLIPConfig.from_open_clip(ckpt.open_clip_config) if ckpt.open_clip_config else None
+    with _naming(ckpt.path.parent / "open_clip_config.json"):
+        cfg = CLIPConfig.from_open_clip(ckpt.open_clip_config) if ckpt.open_clip_config else None
     return OpenClipStateDict(
         sd, ckpt.path, "openai-torchscript" if ckpt.torchscript else "open_clip", {}, cfg
     )
@@ -87,7 +93,8 @@ def resolve_config(
                     "or quick_gelu=True/False (--quick-gelu on the command line)"
                 )
             quick_gelu = True  # OpenAI's released weights were all trained with QuickGELU
-        cfg = infer_config(ckpt.state_dict, quick_gelu=quick_gelu)
+        with _naming(ckpt.path):
+            cfg = infer_config(ckpt.state_dict, quick_gelu=quick_gelu)
     if quick_gelu is not None:
         cfg = cfg.replace(quick_gelu=quick_gelu)
     return cfg
@@ -98,7 +105,7 @@ def convert_state_dict(
 ) -> dict:
     """Check `ckpt` against `cfg` (ValueError naming each bad key) and return per-layer numpy params."""
     shapes = param_shapes(cfg, param_dtype)
-    open_clip.check_state_dict(ckpt.state_dict, shapes, what, ckpt.origin)
+    open_clip.check_state_dict(ckpt.state_dict, shapes, what, ckpt.origin, source=f"checkpoint {ckpt.path}")
     return open_clip.state_dict_to_params(ckpt.state_dict, shapes, dtype=param_dtype)
 
 
@@ -122,7 +129,7 @@ def load_params_checked(
             else resolve_config(name, OpenClipStateDict({}, Path(path), "orbax"), quick_gelu)
         )
         found = {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in open_clip.expected_shapes(params).items()}
-        open_clip.check_state_dict(found, param_shapes(cfg), what)
+        open_clip.check_state_dict(found, param_shapes(cfg), what, source=f"checkpoint {path}")
         # Heads and the activation leave no trace in shapes; the saved config knows them.
         diff = _config_diff(cfg, stored)
         if diff:
@@ -165,11 +172,21 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
         {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in open_clip.expected_shapes(params).items()},
         param_shapes(cfg),
         "the given config",
+        source="the params tree to export",
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Prefix the message of a ValueError raised inside with the file it is about."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _cast(params: dict, dtype: Any) -> dict:

@@ -115,10 +115,12 @@ def check_state_dict(
     param_shapes: Mapping[str, Any],
     what: str = "the model config",
     origin: Mapping[str, str] | None = None,
+    source: str = "checkpoint",
 ) -> None:
     """Raise ValueError naming every missing, unexpected or mis-shaped key (expected vs found shapes).
 
-    `origin` maps open_clip keys to the checkpoint's own key names (for HF files) for the message.
+    `source` names what is checked in the message (e.g. 'checkpoint /path/model.safetensors'); `origin`
+    maps open_clip keys to the checkpoint's own key names (for HF files).
     """
     expected = expected_shapes(param_shapes)
     found = {k: tuple(v.shape) for k, v in state_dict.items() if k not in IGNORED_KEYS}
@@ -139,14 +141,22 @@ def check_state_dict(
         f"unexpected key {name(k)}: expected nothing, found shape {found[k]}"
         for k in order(set(found) - set(expected))
     ]
-    # Mis-shaped keys first: they are what a wrong model name or config shows most clearly.
-    problems = misshaped + missing + extra
-    if problems:
-        shown = "\n  ".join(problems[:_MAX_SHOWN])
-        if len(problems) > _MAX_SHOWN:
-            shown += f"\n  ... and {len(problems) - _MAX_SHOWN} more"
+    # Mis-shaped keys first: they are what a wrong model name or config shows most clearly. Each kind of
+    # problem gets its share of the lines (the first missing key shows beside many mis-shaped ones), and
+    # the share a kind does not use goes to the others in that order.
+    kinds = [(p, k) for p, k in ((misshaped, "mis-shaped"), (missing, "missing"), (extra, "unexpected")) if p]
+    if kinds:
+        rooms = [min(len(p), _MAX_SHOWN // len(kinds)) for p, _ in kinds]
+        for i, (problems, _) in enumerate(kinds):
+            rooms[i] += min(len(problems) - rooms[i], _MAX_SHOWN - sum(rooms))
+        lines = []
+        for (problems, kind), room in zip(kinds, rooms, strict=True):
+            lines += problems[:room]
+            if len(problems) > room:
+                lines.append(f"... and {len(problems) - room} more {kind} keys")
+        shown = "\n  ".join(lines)
         raise ValueError(
-            f"checkpoint does not match {what} ({len(misshaped)} mis-shaped, {len(missing)} missing, "
+            f"{source} does not match {what} ({len(misshaped)} mis-shaped, {len(missing)} missing, "
             f"{len(extra)} unexpected keys):\n  {shown}"
         )
 

@@ -4,6 +4,9 @@ Formats: `.safetensors` (read with numpy, torch not needed), `torch.save` pickle
 read with `torch.load(weights_only=True)`) and OpenAI's TorchScript archives (`torch.jit.load`). The last
 two need torch; without it they fail with an error that says so. Wrappers that training scripts add
 (`{'state_dict': ...}`, the `module.` prefix of DistributedDataParallel) are removed here.
+
+A file that cannot be read (truncated, corrupt, or of another format than its name says) is a
+`ValueError` that names the file and what is wrong with it, not the reading library's bare message.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,9 @@ import numpy as np
 
 # Entries of OpenAI's TorchScript state dicts that are hyperparameters, not weights.
 TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+# safetensors refuses headers above 100 MB; a larger length field means the file is something else.
+_MAX_SAFETENSORS_HEADER = 100_000_000
 
 # File names looked for inside a directory, best first (open_clip's and HF's conventions).
 PREFERRED_FILES = (
@@ -82,9 +89,45 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a `.safetensors` file; a truncated or non-safetensors file is a ValueError naming it."""
     from safetensors.numpy import load_file
 
-    return load_file(str(path))
+    _check_safetensors(Path(path))
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError, ValueError)
+        raise ValueError(f"cannot read {path}: corrupt safetensors file ({e})") from None
+
+
+def _check_safetensors(path: Path) -> None:
+    """Raise ValueError if the file is not a whole safetensors file: its header gives every tensor's byte
+    range, so a cut-off file is told apart from one of another format without reading the data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is truncated: {size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_SAFETENSORS_HEADER or f.read(1) != b"{":
+            hint = (
+                "; name a torch checkpoint .bin, .pt or .pth" if _file_kind(path) in ("zip", "pickle") else ""
+            )
+            raise ValueError(f"{path} is not a safetensors file: {_what_file_is(path)}{hint}")
+        if 8 + n > size:
+            raise ValueError(
+                f"{path} is truncated: {size} bytes, but its {n}-byte header alone needs {8 + n}"
+            )
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{path} is corrupt: its safetensors header is not valid ({e})") from None
+    if 8 + n + end > size:
+        raise ValueError(
+            f"{path} is truncated: {size} bytes, but its header describes {8 + n + end} bytes "
+            f"({len(header) - ('__metadata__' in header)} tensors)"
+        )
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -96,8 +139,12 @@ def is_torchscript(path: str | os.PathLike) -> bool:
 
 
 def read_torch_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a `torch.save` file (`weights_only=True`: the file's pickle cannot run code)."""
     torch = _import_torch(path)
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, KeyError, OSError...
+        raise ValueError(_unreadable(path, "torch.load(weights_only=True)", e)) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -106,9 +153,17 @@ def read_torch_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def read_torchscript(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The weights of a TorchScript archive, without OpenAI's hyperparameter entries."""
+    return {k: v for k, v in _torchscript_state_dict(path).items() if k not in TORCHSCRIPT_EXTRAS}
+
+
+def _torchscript_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     torch = _import_torch(path)
-    module = torch.jit.load(str(path), map_location="cpu")
-    return {k: _to_numpy(v) for k, v in module.state_dict().items() if k not in TORCHSCRIPT_EXTRAS}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise ValueError(_unreadable(path, "torch.jit.load", e)) from None
+    return {k: _to_numpy(v) for k, v in module.state_dict().items()}
 
 
 def strip_wrappers(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -137,8 +192,68 @@ def _import_torch(path: str | os.PathLike) -> Any:
     return torch
 
 
+def _unreadable(path: str | os.PathLike, reader: str, error: Exception) -> str:
+    """Message for a file `reader` failed on: what the file's bytes look like, then the reader's words."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    said, kind = lines[0], _file_kind(Path(path))
+    if said.startswith("Weights only load failed"):
+        # torch's first lines advise weights_only=False; what it refused follows "WeightsUnpickler error:".
+        at = next((i for i, line in enumerate(lines) if "WeightsUnpickler error:" in line), None)
+        if at is not None:
+            said = (
+                lines[at].split("WeightsUnpickler error:", 1)[1].strip() or lines[min(at + 1, len(lines) - 1)]
+            )
+            said = said.split(". ")[0]
+        if kind in ("zip", "pickle"):
+            return (
+                f"cannot read {path}: it holds objects other than tensors and plain containers, which "
+                f"{reader} refuses to unpickle since that could run code ({said})"
+            )
+    return f"cannot read {path}: {_what_file_is(Path(path))}; {reader} failed: {said}"
+
+
+# What a file that failed to load is, by its first bytes; see _file_kind.
+_FILE_KINDS = {
+    "empty": "the file is empty",
+    "broken zip": "a truncated or corrupt zip archive (torch.save and TorchScript files are zips)",
+    "zip": "a zip archive (the container of torch.save and TorchScript files)",
+    "safetensors": "it looks like a safetensors file: give it the .safetensors suffix",
+    "pickle": "a pickle (the legacy torch.save format)",
+    "text": "a text file, not a weights file",
+    "unknown": "not a weights file of a known format",
+}
+
+
+def _file_kind(path: Path) -> str:
+    """A key of _FILE_KINDS: what the file's first bytes say it is (a zip's truncation shows at its end)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip" if zipfile.is_zipfile(path) else "broken zip"
+    # Checked before pickles: a 128..255-byte header length also starts with 0x80.
+    if len(head) == 9 and head[8:] == b"{" and struct.unpack("<Q", head[:8])[0] <= _MAX_SAFETENSORS_HEADER:
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return "text" if head.isascii() else "unknown"
+
+
+def _what_file_is(path: Path) -> str:
+    """What a file that failed to load looks like, with its first bytes where they say more."""
+    kind = _file_kind(path)
+    if kind in ("text", "unknown"):
+        with open(path, "rb") as f:
+            return f"{_FILE_KINDS[kind]} (starts with {f.read(16)!r})"
+    return _FILE_KINDS[kind]
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
