@@ -27,6 +27,7 @@ from clip_jax import (
 )
 from clip_jax.convert import main as convert_main
 from clip_jax.models.config import MODEL_CONFIGS, TextConfig
+from clip_jax.weights import readers
 from clip_jax.weights.hf import config_from_hf
 from clip_jax.weights.infer import infer_config
 from clip_jax.weights.load import param_shapes
@@ -394,3 +395,86 @@ def test_open_clip_accepts_export(tmp_path):
         ref_txt = fresh.encode_text(torch.from_numpy(tokens).long(), normalize=True).numpy()
     np.testing.assert_allclose(np.asarray(img), ref_img, atol=1e-5 * np.abs(ref_img).max())
     np.testing.assert_allclose(np.asarray(txt), ref_txt, atol=1e-5 * np.abs(ref_txt).max())
+
+
+def torchscript_of(state_dict: dict, path):
+    """Save a TorchScript archive whose state dict is `state_dict`: a scripted tree of bare modules holding
+    the tensors (int ones as buffers, like the entries OpenAI's archives carry). No forward is needed."""
+    torch = pytest.importorskip("torch")
+    root = torch.nn.Module()
+    for key, value in state_dict.items():
+        *mods, leaf = key.split(".")
+        module = root
+        for m in mods:
+            if not hasattr(module, m):
+                module.add_module(m, torch.nn.Module())
+            module = getattr(module, m)
+        if value.dtype.is_floating_point:
+            module.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
+        else:
+            module.register_buffer(leaf, value)
+    torch.jit.save(torch.jit.script(root), str(path))
+    return path
+
+
+def with_openai_extras(state_dict: dict, input_resolution: int, context_length=77, vocab_size=49408) -> dict:
+    torch = pytest.importorskip("torch")
+    extras = dict(input_resolution=input_resolution, context_length=context_length, vocab_size=vocab_size)
+    return {**state_dict, **{k: torch.tensor(v) for k, v in extras.items()}}
+
+
+def test_openai_models_are_open_clips_openai_vits():
+    open_clip = pytest.importorskip("open_clip")
+    openai = {name for name, tag in open_clip.list_pretrained() if tag == "openai" and name.startswith("ViT")}
+    # open_clip lists each under its plain and its -quickgelu name (the activation OpenAI trained with).
+    assert set(readers.OPENAI_MODELS) == {n for n in openai if n.endswith("-quickgelu")}
+    assert {n.removesuffix("-quickgelu") for n in openai} == {
+        n.removesuffix("-quickgelu") for n in readers.OPENAI_MODELS
+    }
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_pretrained_tag_of_an_openai_torchscript_archive(tmp_path):
+    """ViT-B/32's keys and shapes (fp16, as OpenAI released them) with OpenAI's int entries: 'openai'."""
+    torch = pytest.importorskip("torch")
+    shapes = _meta_open_clip_state_dict("ViT-B-32-quickgelu")
+    sd = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in shapes.items()}
+    path = torchscript_of(with_openai_extras(sd, 224), tmp_path / "ViT-B-32.pt")
+    assert readers.openai_model_name(path) == "ViT-B-32-quickgelu"
+    assert readers.pretrained_tag(path) == "openai"
+    # The same weights as a torch.save file are not OpenAI's release: tagged by their name.
+    torch.save(sd, tmp_path / "ViT-B-32-resaved.bin")
+    assert readers.pretrained_tag(tmp_path / "ViT-B-32-resaved.bin") == "ViT-B-32-resaved"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_pretrained_tag_of_other_torchscript_archives(tiny_sd, tmp_path, monkeypatch):
+    """Tagged by file stem: other modules, and CLIP exports that are no OpenAI model or lack its entries.
+
+    The variants are of the tiny model, standing in for OpenAI's configs (ViT-B/32 above is the real one).
+    """
+    torch = pytest.importorskip("torch")
+    sd = {k: torch.from_numpy(v) for k, v in tiny_sd.items()}
+    traced = torch.jit.trace(
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)), torch.ones(2, 4)
+    )
+    torch.jit.save(traced, str(tmp_path / "traced.pt"))
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 3)), str(tmp_path / "scripted.pt"))
+    torchscript_of(with_openai_extras(sd, 32), tmp_path / "tiny-export.pt")
+    for name in ("traced", "scripted", "tiny-export"):
+        assert readers.pretrained_tag(tmp_path / f"{name}.pt") == name
+    assert readers.pretrained_tag(tmp_path) == tmp_path.stem  # a folder
+
+    monkeypatch.setattr(readers, "OPENAI_MODELS", ("tiny-quickgelu",))
+    assert readers.pretrained_tag(tmp_path / "tiny-export.pt") == "openai"  # the stand-in is recognised
+    extra = dict(sd, **{"visual.extra_token": torch.zeros(3, 64)})
+    variants = {
+        "no-extras": sd,
+        "wrong-resolution": with_openai_extras(sd, 224),
+        "wrong-vocab": with_openai_extras(sd, 32, vocab_size=49407),
+        "extra-key": with_openai_extras(extra, 32),
+        "missing-key": with_openai_extras({k: v for k, v in sd.items() if k != "ln_final.bias"}, 32),
+        "misshaped-key": with_openai_extras(dict(sd, **{"ln_final.bias": torch.zeros(65)}), 32),
+    }
+    for name, variant in variants.items():
+        assert readers.pretrained_tag(torchscript_of(variant, tmp_path / f"{name}.pt")) == name, name
