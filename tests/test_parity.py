@@ -2,7 +2,9 @@
 
 Each reference model is written to disk in a format users have (.safetensors, torch .bin, TorchScript,
 a HF save_pretrained directory), converted through `load_pretrained`, and fed the same pixels and
-tokens as the PyTorch model. Features and logits must agree to 1e-4 relative (fp32, CPU).
+tokens as the PyTorch model. Features and logits must agree to 1e-4 relative (fp32, CPU). Every reference
+has random LayerNorm scales and biases, linear biases, class and positional embeddings and logit scale
+(`randomize_torch_params`): at their inits (ones, zeros, a constant) a wrong mapping of them would pass.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ skimage_data = pytest.importorskip("skimage.data")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from test_weights import randomize_torch_params  # noqa: E402
 
 from clip_jax import get_model_config, load_pretrained  # noqa: E402
 from clip_jax.preprocess import preprocess_image  # noqa: E402
@@ -93,7 +96,7 @@ TINY_OPEN_CLIP = dict(
 
 def small_open_clip(quick_gelu: bool, seed: int, cfg: dict = SMALL_OPEN_CLIP) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return open_clip.CLIP(**cfg, quick_gelu=quick_gelu).eval()
+    return randomize_torch_params(open_clip.CLIP(**cfg, quick_gelu=quick_gelu), seed).eval()
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:
@@ -106,7 +109,7 @@ def vit_b32(tmp_path_factory):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    model = randomize_torch_params(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None), 0).eval()
     path = tmp_path_factory.mktemp("b32") / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model, path
@@ -161,6 +164,45 @@ def test_small_gelu_model_bin_with_its_config(tmp_path):
     assert np.max(np.abs(wrong - expected["image"])) / np.max(np.abs(expected["image"])) > 5 * REL
 
 
+def test_each_randomised_leaf_is_checked(tmp_path):
+    """Every LayerNorm, bias, embedding and logit-scale leaf shows in the compared outputs: put back at its
+    init value (ones, zeros, log(1/0.07)), as a mapping that dropped it would leave it, parity fails."""
+    from safetensors.torch import save_file
+
+    ref = small_open_clip(quick_gelu=False, seed=4, cfg=TINY_OPEN_CLIP)
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
+    model, params = load_pretrained("tiny", path)
+    images, tokens = photos(32), tokenize(TEXTS)
+    expected = open_clip_outputs(ref, images, tokens)
+
+    @jax.jit
+    def fwd(p):
+        img, txt, scale = model.apply({"params": p}, jnp.asarray(images), jnp.asarray(tokens))[:3]
+        return {"image": img, "text": txt, "logits": scale * img @ txt.T}
+
+    def worst(p) -> float:
+        out = fwd(p)
+        return max(float(np.max(np.abs(out[k] - e)) / np.max(np.abs(e))) for k, e in expected.items())
+
+    assert worst(params) <= REL
+    init = {"scale": 1.0, "bias": 0.0, "class_embedding": 0.0, "positional_embedding": 0.0}
+    init["logit_scale"] = float(np.log(1 / 0.07))
+    checked = []
+    for keypath, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = keypath[-1].key
+        if name not in init:
+            continue
+        reset = jax.tree_util.tree_map_with_path(
+            lambda kp, a, kp0=keypath, v=init[name]: jnp.full_like(a, v) if kp == kp0 else a, params
+        )
+        where = jax.tree_util.keystr(keypath)
+        assert worst(reset) > 5 * REL, where
+        checked.append(where)
+    # 4 blocks of 8 (2 LayerNorms, q/k/v, out, 2 MLP biases), 3 final LayerNorms, 3 embeddings, the scale.
+    assert len(checked) == 4 * 8 + 3 * 2 + 3 + 1
+
+
 def test_openai_torchscript(tmp_path):
     """An OpenAI-style TorchScript archive (with its int entries) loads as QuickGELU without being told.
 
@@ -208,7 +250,7 @@ def test_hf_clip_model_directory(tmp_path):
         projection_dim=80,
         logit_scale_init_value=float(np.log(50.0)),
     )
-    ref = transformers.CLIPModel(config).eval()
+    ref = randomize_torch_params(transformers.CLIPModel(config), 3).eval()
     ref.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "model.safetensors").is_file()
     model, params = load_pretrained(None, tmp_path)

@@ -63,6 +63,33 @@ def tiny_params():
     return random_tiny_params()
 
 
+def randomize_torch_params(model, seed: int):
+    """Give a torch CLIP (open_clip or HF) random LayerNorm scales and biases, linear and attention
+    biases, class and positional embeddings and logit scale; returns the model.
+
+    Their inits (ones, zeros, log(1/0.07)) would let a mapping that drops or swaps them pass a parity test.
+    Scales are 1 + N(0, 0.2^2), biases and embeddings N(0, 0.1^2), the logit scale log U(10, 100).
+    """
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda p, std, mean=0.0: mean + std * torch.randn(p.shape, generator=gen, dtype=p.dtype)
+    touched = set()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                u = torch.rand(p.shape, generator=gen, dtype=p.dtype)
+                p.copy_(torch.log(10 + 90 * u))
+            elif p.ndim == 1 and name.endswith("weight"):  # LayerNorm scales (the only 1-d weights)
+                p.copy_(draw(p, 0.2, 1.0))
+            elif p.ndim <= 1 or "position" in name:  # biases, class embedding; positional embeddings
+                p.copy_(draw(p, 0.1))
+            else:
+                continue
+            touched.add(name)
+    assert any("bias" in n for n in touched) and any("logit_scale" in n for n in touched), touched
+    return model
+
+
 @pytest.fixture
 def tiny_sd(tiny_params):
     """An open_clip-layout state dict of the tiny model (numpy, no torch)."""
@@ -371,11 +398,12 @@ def test_open_clip_accepts_export(tmp_path):
 
     def make(seed):
         torch.manual_seed(seed)
-        return open_clip.CLIP(
+        model = open_clip.CLIP(
             64,
             vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
             text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
-        ).eval()
+        )
+        return randomize_torch_params(model, seed).eval()
 
     ref = make(0)
     torch.save(ref.state_dict(), tmp_path / "open_clip_pytorch_model.bin")
