@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from test_weights import randomize_torch_params  # noqa: E402
 
-from clip_jax import get_model_config, load_pretrained  # noqa: E402
+from clip_jax import get_model_config, interpolate_pos_embed, load_pretrained  # noqa: E402
 from clip_jax.preprocess import preprocess_image  # noqa: E402
 from clip_jax.tokenizer import tokenize  # noqa: E402
 
@@ -265,3 +265,31 @@ def test_hf_clip_model_directory(tmp_path):
     assert_rel_close(ours["image"], out.image_embeds.numpy())
     assert_rel_close(ours["text"], out.text_embeds.numpy())
     assert_rel_close(ours["logits"], out.logits_per_image.numpy())
+
+
+@pytest.mark.parametrize("old, new", [(7, 14), (14, 24), (24, 14)])
+def test_interpolate_pos_embed_equals_open_clips_resize_pos_embed(old, new):
+    """Same grid as open_clip's resize_pos_embed (bicubic, antialias=True, align_corners=False, what its
+    load_checkpoint applies), class token kept, to float32 rounding (down-sizing tests the antialias)."""
+    from open_clip.model import resize_pos_embed
+
+    rng = np.random.default_rng(100 * old + new)
+    pos = rng.standard_normal((1 + old * old, 48)).astype(np.float32)
+    # resize_pos_embed(state_dict, model) resizes state_dict's entry in place to model.visual's grid.
+    target = open_clip.CLIP(
+        16,
+        vision_cfg=dict(image_size=4 * new, patch_size=4, width=48, layers=1, head_width=48),
+        text_cfg=dict(context_length=8, vocab_size=16, width=16, heads=1, layers=1),
+    )
+    state_dict = {"visual.positional_embedding": torch.from_numpy(pos.copy())}
+    resize_pos_embed(state_dict, target)
+    expected = state_dict["visual.positional_embedding"].numpy()
+    ours = np.asarray(interpolate_pos_embed(jnp.asarray(pos), new))
+    assert ours.shape == expected.shape == (1 + new * new, 48)
+    np.testing.assert_array_equal(ours[0], pos[0])
+    # Each of the two separable passes sums `taps` float32 products with weights of absolute sum <= 1.25
+    # (Keys' cubic, a = -0.5, normalised at the borders); each implementation rounds each term, and the
+    # second pass carries the first's error times 1.25.
+    taps = 4 * max(1, -(-old // new))
+    bound = 2 * 2 * (taps + 1) * np.finfo(np.float32).eps * 1.25**2 * np.abs(pos).max()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=bound)
