@@ -503,6 +503,7 @@ def test_pretrained_tag_of_other_torchscript_archives(tiny_sd, tmp_path, monkeyp
         "extra-key": with_openai_extras(extra, 32),
         "missing-key": with_openai_extras({k: v for k, v in sd.items() if k != "ln_final.bias"}, 32),
         "misshaped-key": with_openai_extras(dict(sd, **{"ln_final.bias": torch.zeros(65)}), 32),
+        "scalar-projection": with_openai_extras(dict(sd, text_projection=torch.zeros(())), 32),
     }
     for name, variant in variants.items():
         assert readers.pretrained_tag(torchscript_of(variant, tmp_path / f"{name}.pt")) == name, name

@@ -188,7 +188,7 @@ def openai_model_name(path: str | os.PathLike) -> str | None:
     extras = {k: int(sd.pop(k).reshape(())) for k in TORCHSCRIPT_EXTRAS}
     try:
         signature = infer._signature_of(sd)
-    except ValueError:  # a key the signature reads is missing: no CLIP
+    except (ValueError, IndexError):  # a key the signature reads is missing or of another rank: no CLIP
         return None
     for name in OPENAI_MODELS:
         cfg = get_model_config(name)
