@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from clip_jax.losses import contrastive_loss  # noqa: E402
+from clip_jax.train.losses import contrastive_loss  # noqa: E402
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")

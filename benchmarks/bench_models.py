@@ -16,7 +16,7 @@ counts of both frameworks (torch: `torch.get_num_threads()`, XLA:CPU: one intra-
   zeroshot  a zero-shot classifier from ImageNet class names x 80 templates, tokenizer included, through
           each library's own function (ours trims the padding after the last end-of-text token)
   train   forward both towers, contrastive loss, backward, AdamW, logit-scale clamp. Ours:
-          `clip_jax.train_step.make_train_step` + `clip_jax.optim.make_optimizer`, jitted, state donated;
+          `clip_jax.train.step.make_train_step` + `clip_jax.train.optim.make_optimizer`, jitted, state donated;
           compile time (lower + compile) reported apart. Theirs: open_clip's model + `open_clip.loss.ClipLoss`
           + `torch.optim.AdamW` with open_clip_train's parameter groups (no decay on gains and biases).
 
@@ -57,9 +57,9 @@ from clip_jax.models import CLIP, CLIPConfig, stack_layers  # noqa: E402
 from clip_jax.models import transformer as transformer_mod  # noqa: E402
 from clip_jax.models import vit as vit_mod  # noqa: E402
 from clip_jax.models.config import MODEL_CONFIGS  # noqa: E402
-from clip_jax.optim import make_optimizer  # noqa: E402
-from clip_jax.random_batches import RandomBatches  # noqa: E402
-from clip_jax.train_step import init_train_state, make_train_step  # noqa: E402
+from clip_jax.train.optim import make_optimizer  # noqa: E402
+from clip_jax.train.random_batches import RandomBatches  # noqa: E402
+from clip_jax.train.step import init_train_state, make_train_step  # noqa: E402
 from clip_jax.weights.load import OpenClipStateDict, convert_state_dict  # noqa: E402
 
 MODELS = ("ViT-B-32", "ViT-B-16")

@@ -39,8 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 from clip_jax import sharding  # noqa: E402
 from clip_jax.checkpoint import abstract_like  # noqa: E402
 from clip_jax.models import CLIP, get_model_config  # noqa: E402
-from clip_jax.optim import make_optimizer  # noqa: E402
-from clip_jax.train_step import init_train_state, make_train_step  # noqa: E402
+from clip_jax.train.optim import make_optimizer  # noqa: E402
+from clip_jax.train.step import init_train_state, make_train_step  # noqa: E402
 
 # (data, fsdp, tensor)
 MESHES = {"fsdp=8": (1, 8, 1), "data=8": (8, 1, 1)}

@@ -9,8 +9,8 @@ Needs only jax, flax, optax and numpy (no tensorflow): run from the repository r
     PYTHONPATH=. python benchmarks/gpu_train_step.py --sweep --variants 'batch=512;batch=768,ln=custom_vjp'
     PYTHONPATH=. python benchmarks/gpu_train_step.py --model tiny --batch 8 --steps 2   # CPU smoke test
 
-The step is the project's own: `clip_jax.train_step.make_train_step` (both towers, dense softmax loss,
-backward, AdamW from `clip_jax.optim.make_optimizer`, logit-scale clamp) around
+The step is the project's own: `clip_jax.train.step.make_train_step` (both towers, dense softmax loss,
+backward, AdamW from `clip_jax.train.optim.make_optimizer`, logit-scale clamp) around
 `CLIP(cfg, dtype=bfloat16, param_dtype=float32, scan=..., remat_policy=..., attention_impl=...)`, jitted
 with the train state donated. Batches are synthetic (random normal images, random token ids ending in
 EOT), created once on the device. Attention defaults to cuDNN's fused kernel with the sequences padded
@@ -201,8 +201,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from clip_jax.models import CLIP, get_model_config, init_params
-    from clip_jax.optim import make_optimizer
-    from clip_jax.train_step import init_train_state, make_train_step
+    from clip_jax.train.optim import make_optimizer
+    from clip_jax.train.step import init_train_state, make_train_step
 
     cfg = get_model_config(args.model)
     device = jax.devices()[0]

@@ -95,3 +95,74 @@ def _set_aside_incomplete_steps(directory: Path) -> None:
 def abstract_like(tree: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs of `tree` (arrays or ShapeDtypeStructs) carrying `shardings`."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def latest_complete_step(directory: str | os.PathLike) -> tuple[Path, list[str]]:
+    """The newest step folder of a checkpoint directory that is complete, and the newer ones skipped.
+
+    Steps come from orbax's own listing of finalised checkpoints; a finalised step whose state item never
+    fully arrived (`is_complete`), and orbax's temporary folders of an interrupted save, are skipped and
+    named in the second value. FileNotFoundError if there is no complete step.
+    """
+    from orbax.checkpoint.path import step as ocp_step
+
+    root = Path(directory)
+    steps = sorted(ocp_step.checkpoint_steps(root))
+    complete = [s for s in steps if is_complete(root / str(s))]
+    skipped = [str(s) for s in steps if s not in complete]
+    skipped += sorted(ocp_step.tmp_checkpoints(root)) if root.is_dir() else []
+    if not complete:
+        raise FileNotFoundError(
+            f"no complete checkpoint step in {root}" + (f" (incomplete: {skipped})" if skipped else "")
+        )
+    best = complete[-1]
+    return root / str(best), [
+        s for s in skipped if not s.split(".")[0].isdigit() or int(s.split(".")[0]) > best
+    ]
+
+
+def restore_params(path: str | os.PathLike, expected: Any = None) -> tuple[Any, Path]:
+    """The params (host numpy arrays, per-layer layout) of the newest complete step of a training run.
+
+    `path` is a workdir (holding checkpoints/), a checkpoint directory or one step folder. With `expected`
+    (a tree of arrays or ShapeDtypeStructs, e.g. the model's `jax.eval_shape` of init), the saved shapes
+    are compared first, from the checkpoint's metadata, and the first key that differs is named with
+    both shapes, before any array is read.
+    """
+    import numpy as np
+
+    from clip_jax.models import unstack_layers
+
+    root = Path(path)
+    if (root / "state").is_dir() or (root / "_CHECKPOINT_METADATA").is_file():
+        step_dir = root
+    else:
+        directory = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+        step_dir, skipped = latest_complete_step(directory)
+        if skipped:
+            log.warning("%s: using step %s; skipped incomplete %s", directory, step_dir.name, skipped)
+    item = step_dir / "state" if (step_dir / "state").exists() else step_dir
+    checkpointer = ocp.StandardCheckpointer()
+    if expected is not None:
+        saved = checkpointer.metadata(item).item_metadata.tree
+        saved = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved.get("params", saved))
+        _check_shapes(jax.eval_shape(unstack_layers, saved), expected, item)
+    state = checkpointer.restore(item)
+    params = state["params"] if "params" in state else state
+    return unstack_layers(jax.tree.map(np.asarray, params)), step_dir
+
+
+def _check_shapes(saved: Any, expected: Any, where: Path) -> None:
+    from clip_jax.sharding import dict_key_path
+
+    def shapes(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {dict_key_path(p): tuple(leaf.shape) for p, leaf in leaves}
+
+    got, want = shapes(saved), shapes(expected)
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) != want.get(key):
+            raise ValueError(
+                f"{where} does not hold this model: {key} has shape {got.get(key, 'absent')} in the checkpoint, "
+                f"{want.get(key, 'absent')} in the model (is --model right?)"
+            )

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from clip_jax.eval import metadata
 from clip_jax.eval.results import read_records
 
 HERE = Path(__file__).resolve().parent
@@ -125,7 +126,7 @@ def to_csv(rows: Sequence[dict]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="record files or folders")
-    parser.add_argument("--published", default=str(HERE / "published_clip_numbers.json"))
+    parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
     parser.add_argument("--markdown", default=None, help="write the markdown tables here (default: print)")
     parser.add_argument("--csv", default=None, help="write the long-format CSV here")
     args = parser.parse_args(argv)

@@ -25,10 +25,17 @@ from pathlib import Path
 
 import jax
 
-from clip_jax.eval import cli, features, metadata, results
-from clip_jax.eval.linear_probe import linear_probe
-from clip_jax.eval.robustness import plot_effective_robustness, published_points, robustness_eval
-from clip_jax.eval.zeroshot import build_zeroshot_classifier
+from clip_jax.eval import cli, metadata, results
+from clip_jax.eval.cache import slug
+from clip_jax.eval.linear_probe import LinearProbe
+from clip_jax.eval.robustness import (
+    Robustness,
+    plot_effective_robustness,
+    plot_point,
+    published_points,
+    report_records,
+)
+from clip_jax.weights.identify import pretrained_tag
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,7 +51,7 @@ def _model_args(base: argparse.Namespace, spec: str) -> argparse.Namespace:
         raise SystemExit(f"--weights takes MODEL=PATH or MODEL=random, got {spec!r}")
     args = argparse.Namespace(**vars(base))
     args.model, args.weights, args.checkpoint = name, (None if path == "random" else path), None
-    args.pretrained = "random" if path == "random" else cli.default_pretrained_tag(path)
+    args.pretrained = "random" if path == "random" else pretrained_tag(path)
     return args
 
 
@@ -56,115 +63,64 @@ def _make_tables():
     return module
 
 
-def _dataset_or_none(spec: metadata.DatasetSpec, args: argparse.Namespace, model, split: str | None = None):
-    """The dataset, or None (with a message) when it is not available."""
-    if spec.head == "objectnet" and not args.objectnet_dir:
-        _log(f"  skip {spec.name}: no --objectnet-dir")
-        return None
-    try:
-        return cli.make_dataset(spec, args, model, split=split)
-    except Exception as e:  # noqa: BLE001 - any reason a dataset cannot be read means: skip it, say why
-        _log(f"  skip {spec.name}/{split or spec.split}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-        return None
+def _available(names, fields: dict, image_size: int) -> list[str]:
+    """The datasets among `names` that can be read (each skipped one is named, with the reason)."""
+    from clip_jax.eval.common import DataConfig
+    from clip_jax.eval.datasets import eval_dataset
+
+    data = DataConfig(**{k: v for k, v in fields.items() if k in DataConfig.__dataclass_fields__})
+    ok = []
+    for name in names:
+        try:
+            eval_dataset(data, image_size, dataset=name)
+            ok.append(name)
+        except Exception as e:  # noqa: BLE001 - any reason a dataset cannot be read means: skip it, say why
+            _log(f"  skip {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return ok
 
 
 def run_model(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict | None]:
     """Zero-shot robustness suite and linear probes for one model; returns (records, plot point)."""
     model, params, ident = cli.load_model(args)
-    model_dir = out / cli.slug(f"{ident.model}-{ident.pretrained}")
-    cache = out / "cache"
+    model_dir = out / slug(f"{ident.model}-{ident.pretrained}")
+    cache = str(out / "cache")
+    fields = cli.data_fields(args)
+    size = model.cfg.vision.image_size
     records: list[dict] = []
     point = None
     if "zeroshot" in args.tasks:
-        names = ("imagenet1k",) + metadata.IMAGENET_SHIFTS
-        pairs = [
-            (s.name, ds) for s in map(metadata.get_dataset, names) if (ds := _dataset_or_none(s, args, model))
-        ]
-        if pairs:
-            _log(f"{ident.model}: zero-shot on {[n for n, _ in pairs]}")
-            classifier = build_zeroshot_classifier(
-                model,
-                params,
-                metadata.imagenet_classnames(),
-                cli.choose_templates(args.templates, metadata.get_dataset("imagenet1k"), []),
-                cache_dir=cache,
-                checkpoint_id=ident.checkpoint_id,
-                progress=True,
-            )
-            report = robustness_eval(
-                model,
-                params,
-                pairs,
-                classifier=classifier,
-                reference=pairs[0][0],
-                max_batches=args.max_batches,
-                progress=True,
-            )
-            zs = [
-                results.make_record(n, ident.model, ident.pretrained, "zeroshot_classification", m)
-                for n, m in report["datasets"].items()
-            ]
-            if report["average_shift_acc1"] is not None:
-                shifts = [n for n in report["datasets"] if n != report["reference"]]
-                zs.append(
-                    results.make_record(
-                        "imagenet_shift_average",
-                        ident.model,
-                        ident.pretrained,
-                        "zeroshot_classification",
-                        {"acc1": report["average_shift_acc1"]},
-                        shifts=shifts,
-                    )
-                )
-                point = {
-                    "label": f"{ident.model} ({ident.pretrained})",
-                    "x": report["reference_acc1"],
-                    "y": report["average_shift_acc1"],
-                    "kind": "ours",
-                }
+        names = _available(("imagenet1k",) + metadata.IMAGENET_SHIFTS, fields, size)
+        if names:
+            _log(f"{ident.model}: zero-shot on {names}")
+            config = fields | {
+                "datasets": ",".join(names),
+                "templates": args.templates,
+                "classifier_cache": cache,
+            }
+            report = Robustness(config, model).run(params, checkpoint_id=ident.checkpoint_id)
+            zs = report_records(report, ident.model, ident.pretrained)
+            point = plot_point(report, f"{ident.model} ({ident.pretrained})")
             if jax.process_index() == 0:
                 results.write_records(model_dir / "zeroshot.json", zs)
             records += zs
     if "linear_probe" in args.tasks:
         for name in args.linear_probe_datasets:
             spec = metadata.get_dataset(name)
-            record = _linear_probe(args, spec, model, params, ident, cache)
-            if record is not None:
-                if jax.process_index() == 0:
-                    results.write_records(model_dir / f"linear_probe_{spec.name}.json", record)
-                records.append(record)
+            if not _available([name], fields | {"split": args.linear_probe_train_split}, size):
+                continue
+            config = fields | {
+                "dataset": name,
+                "train_split": args.linear_probe_train_split,
+                "C": args.C,
+                "feature_cache": cache,
+            }
+            _log(f"{ident.model}: linear probe on {spec.name}")
+            metrics = LinearProbe(config, model).run(params, checkpoint_id=ident.checkpoint_id)
+            record = results.make_record(spec.name, ident.model, ident.pretrained, "linear_probe", metrics)
+            if jax.process_index() == 0:
+                results.write_records(model_dir / f"linear_probe_{spec.name}.json", record)
+            records.append(record)
     return records, point
-
-
-def _linear_probe(args, spec, model, params, ident, cache: Path) -> dict | None:
-    splits = {}
-    for split in (args.linear_probe_train_split, spec.split):
-        path = cache / f"{cli.slug(f'{ident.checkpoint_id}-{spec.name}-{split}')}.npz"
-        if path.exists():
-            splits[split] = features.cached_features(path, lambda: None)
-            continue
-        ds = _dataset_or_none(spec, args, model, split=split)
-        if ds is None:
-            return None
-        _log(f"{ident.model}: image features of {spec.name}/{split}")
-        splits[split] = features.cached_features(
-            path,
-            lambda ds=ds, split=split: features.extract_image_features(
-                model,
-                params,
-                ds,
-                normalize=False,
-                max_batches=args.max_batches,
-                progress=f"{spec.name}/{split}",
-            ),
-        )
-    (xtr, ytr), (xte, yte) = splits[args.linear_probe_train_split], splits[spec.split]
-    _log(f"{ident.model}: linear probe on {spec.name} ({len(ytr)} train / {len(yte)} test)")
-    num_classes = (
-        len(metadata.classnames_and_templates(spec.name)[0]) if spec.classes != "clip_synthetic" else None
-    )
-    metrics = linear_probe(xtr, ytr, xte, yte, num_classes=num_classes, C=args.C)
-    return results.make_record(spec.name, ident.model, ident.pretrained, "linear_probe", metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -181,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-batches", type=int, default=None, help="cap per dataset (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--published", default=str(HERE / "published_clip_numbers.json"))
+    parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.linear_probe_datasets = [d.strip() for d in args.linear_probe_datasets.split(",") if d.strip()]

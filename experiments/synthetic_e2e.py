@@ -45,33 +45,21 @@ def load_config(workdir: str, data_dir: str, steps: int | None):
 
 
 def evaluate(model, params, data_dir: str, batch_size: int = 250) -> dict[str, dict]:
-    """All evaluations of one set of params: {row name: {"value": ..., "chance": ..., "record": ...}}."""
-    from clip_jax.data import make_eval_dataset, make_retrieval_dataset, zeroshot_tasks
-    from clip_jax.eval.features import extract_image_features
-    from clip_jax.eval.linear_probe import linear_probe
-    from clip_jax.eval.retrieval import retrieval_eval
-    from clip_jax.eval.robustness import robustness_eval
+    """All evaluations of one set of params: {row name: {"value": ..., "chance": ..., "record": ...}}.
 
-    size = model.cfg.vision.image_size
+    Through the same evaluators that the trainer and the evaluation scripts run (clip_jax/eval/common.py).
+    """
+    from clip_jax.data import zeroshot_tasks
+    from clip_jax.eval.linear_probe import LinearProbe
+    from clip_jax.eval.retrieval import Retrieval
+    from clip_jax.eval.robustness import Robustness
+
+    data = {"dataset": "clip_synthetic", "data_dir": data_dir, "batch_size": batch_size}
     rows: dict[str, dict] = {}
-
-    def dataset(split: str, label: str):
-        return make_eval_dataset(
-            "clip_synthetic",
-            split,
-            batch_size=batch_size,
-            image_size=size,
-            data_dir=data_dir,
-            label_key=label,
-        )
-
     for task in TASKS:
-        classnames, templates = zeroshot_tasks()[task]
-        chance = 1.0 / len(classnames)
-        sets = [(split, dataset(split, task)) for split in ("test", "heldout", *SHIFTS)]
-        res = robustness_eval(
-            model, params, sets, classnames=classnames, templates=templates, reference="test"
-        )
+        chance = 1.0 / len(zeroshot_tasks()[task][0])
+        splits = ",".join(("test", "heldout", *SHIFTS))
+        res = Robustness(data | {"task": task, "splits": splits}, model).run(params)
         for split, metrics in res["datasets"].items():
             rows[f"zero-shot {task}, {split}"] = {
                 "value": metrics["acc1"],
@@ -81,21 +69,12 @@ def evaluate(model, params, data_dir: str, batch_size: int = 250) -> dict[str, d
         shift_mean = float(np.mean([res["datasets"][s]["acc1"] for s in SHIFTS]))
         rows[f"zero-shot {task}, mean of shifts"] = {"value": shift_mean, "chance": chance, "metrics": {}}
 
-        # 2,000 training images (8 batches) are plenty for 8 classes and keep the job short.
-        train_x, train_y = extract_image_features(model, params, dataset("train", task), max_batches=8)
-        test_x, test_y = extract_image_features(model, params, dataset("test", task))
-        probe = linear_probe(train_x, train_y, test_x, test_y, num_classes=len(classnames))
+        # 2,000 training images (8 batches) are plenty for 8 classes and keep the job short; the test
+        # split has 4 batches, all read.
+        probe = LinearProbe(data | {"task": task, "max_batches": 8}, model).run(params)
         rows[f"linear probe {task}, test"] = {"value": probe["acc1"], "chance": chance, "metrics": probe}
 
-    retrieval = make_retrieval_dataset(
-        "clip_synthetic",
-        "test",
-        batch_size=batch_size,
-        image_size=size,
-        context_length=model.cfg.text.context_length,
-        data_dir=data_dir,
-    )
-    ret = retrieval_eval(model, params, retrieval)
+    ret = Retrieval(data | {"split": "test"}, model).run(params)
     num_images = 1000  # the test split's size; chance of recall@1 for image->text is 1 / #images
     rows["retrieval text->image R@1, test"] = {
         "value": ret["image_retrieval_recall@1"],
@@ -179,11 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
     args = parser.parse_args(argv)
 
-    from clip_jax.config_utils import resolve_model_config
     from clip_jax.data import prepare_synthetic
     from clip_jax.models import CLIP, init_params
-    from clip_jax.train import train
-    from clip_jax.train_step import init_rngs
+    from clip_jax.train.config import resolve_model_config
+    from clip_jax.train.loop import train
+    from clip_jax.train.step import init_rngs
 
     t0 = time.perf_counter()
     print(f"[1/4] building the synthetic dataset in {args.data_dir}", flush=True)

@@ -59,13 +59,12 @@ def test_linear_probe_cli_caches_features(synth_dir, tmp_path, monkeypatch):
     m = record["metrics"]
     assert record["task"] == "linear_probe" and m["C"] == 1.0 and m["num_examples"] == 32
     assert len(list(cache.glob("*.npz"))) == 2  # train and test features
-    # A second run reads the cached features instead of running the model.
-    from clip_jax.eval import features
 
+    # A second run reads the cached features instead of running the model.
     def fail(*a, **k):
         raise AssertionError("features were extracted again")
 
-    monkeypatch.setattr(features, "extract_image_features", fail)
+    monkeypatch.setattr(linear_probe, "extract_image_features", fail)
     assert linear_probe.main(args)["metrics"]["acc1"] == m["acc1"]
 
 
@@ -189,10 +188,10 @@ def test_checkpoint_of_a_training_run_loads_its_params(tmp_path):
 
     from clip_jax.checkpoint import Checkpointer
     from clip_jax.eval import cli
-    from clip_jax.models import CLIP, get_model_config, stack_layers
-    from clip_jax.train_step import init_train_state
+    from clip_jax.models import CLIP, get_model_config, random_params, stack_layers
+    from clip_jax.train.step import init_train_state
 
-    params = cli.random_params(CLIP(get_model_config("tiny")), seed=3)
+    params = random_params(CLIP(get_model_config("tiny")), seed=3)
     state = init_train_state(
         stack_layers(jax.tree.map(np.asarray, params)), optax.sgd(0.1), jax.random.key(0)
     )
@@ -209,3 +208,48 @@ def test_checkpoint_of_a_training_run_loads_its_params(tmp_path):
     assert all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True)
     )
+
+
+def test_checkpoint_dir_skips_an_incomplete_step_and_refuses_another_model(tmp_path, capsys, caplog):
+    """--checkpoint takes the newest complete step, names a newer incomplete one it skipped, and a
+    checkpoint of another model than --model fails before reading arrays, naming the first differing key."""
+    import argparse
+    import logging
+
+    import jax
+    import optax
+
+    from clip_jax.checkpoint import Checkpointer
+    from clip_jax.eval import cli
+    from clip_jax.models import CLIP, get_model_config, random_params, stack_layers
+    from clip_jax.train.step import init_train_state
+
+    params = random_params(CLIP(get_model_config("tiny")), seed=1)
+    state = init_train_state(
+        stack_layers(jax.tree.map(np.asarray, params)), optax.sgd(0.1), jax.random.key(0)
+    )
+    ckpt = Checkpointer(tmp_path / "checkpoints", async_save=False)
+    ckpt.save(4, state, {}, force=True)
+    ckpt.close()
+    # A step whose copy was cut off: the folder exists, its state never arrived.
+    (tmp_path / "checkpoints" / "8" / "state").mkdir(parents=True)
+
+    def args(model):
+        return argparse.Namespace(
+            model=model, weights=None, checkpoint=str(tmp_path), pretrained=None, quick_gelu=None
+        )
+
+    with caplog.at_level(logging.WARNING, logger="clip_jax.checkpoint"):
+        _, loaded, ident = cli.load_model(args("tiny"))
+    assert ident.pretrained == f"{tmp_path.name}@4"
+    assert "step 4" in capsys.readouterr().out
+    assert "skipped incomplete ['8']" in caplog.text
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True)
+    )
+
+    with pytest.raises(
+        SystemExit,
+        match=r"does not hold this model: \S+ has shape \([\d, ]+\) in the checkpoint, \([\d, ]+\) in the",
+    ):
+        cli.load_model(args("ViT-B-32"))

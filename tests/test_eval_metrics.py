@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clip_jax.eval import classifier as zsc
 from clip_jax.eval import retrieval, zeroshot
 from clip_jax.eval.metrics import classification_metrics, retrieval_metrics, retrieval_ranks
 
@@ -147,8 +148,7 @@ def test_clip_benchmark_breaks_ties_by_topk_order_where_ties_count_against_the_m
 
 @pytest.fixture(scope="module")
 def tiny():
-    from clip_jax.eval.cli import random_params
-    from clip_jax.models import CLIP, get_model_config
+    from clip_jax.models import CLIP, get_model_config, random_params
 
     model = CLIP(get_model_config("tiny"))
     return model, random_params(model, seed=0)
@@ -180,7 +180,7 @@ def test_retrieval_refuses_non_finite_features_naming_the_side(tiny):
 def test_zeroshot_refuses_non_finite_features_naming_the_side(tiny):
     model, params = tiny
     names, templates = ["red square", "blue circle", "dog"], ["a photo of a {}.", "{}"]
-    clf = zeroshot.build_zeroshot_classifier(model, params, names, templates)
+    clf = zsc.build_zeroshot_classifier(model, params, names, templates)
     labels, mask = np.array([0, 1, 2, 0, 1, 2]), np.array([1, 1, 1, 1, 0, 0])
     batch = {"image": _images(6, (0, 2)), "label": labels, "mask": mask}
     with pytest.raises(ValueError, match="zero-shot logits of batch 0: 2 of 4 image feature rows"):

@@ -17,15 +17,17 @@ CHECK = textwrap.dedent(
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax
     import numpy as np
+    from clip_jax.eval import classifier as zsc
     from clip_jax.eval import features as F, zeroshot
-    from clip_jax.eval.cli import random_params
+    from clip_jax.eval.runtime import default_mesh
+    from clip_jax.models import random_params
     from clip_jax.models import CLIP, get_model_config
     from clip_jax.sharding import make_mesh
 
     assert jax.device_count() == 8
     model = CLIP(get_model_config("tiny"))
     params = random_params(model, seed=0)
-    mesh = F.default_mesh()
+    mesh = default_mesh()
     assert mesh is not None and mesh.size == 8 and mesh.shape["data"] == 8
     one = make_mesh(data=1, devices=jax.devices()[:1])
 
@@ -47,7 +49,7 @@ CHECK = textwrap.dedent(
 
     # The text tower runs through the same Encoder: the sharded classifier is checked via its metrics.
     names, templates = ["cat", "dog", "bird", "fish"], ["a photo of a {}.", "a {}."]
-    c8 = zeroshot.build_zeroshot_classifier(model, params, names, templates, mesh=mesh, batch_size=12)
+    c8 = zsc.build_zeroshot_classifier(model, params, names, templates, mesh=mesh, batch_size=12)
     m8 = zeroshot.zeroshot_eval(model, params, batches, classifier=c8, mesh=mesh)
     m1 = zeroshot.zeroshot_eval(model, params, batches, classifier=c8, mesh=one)
     feats_clf = f1 @ c8

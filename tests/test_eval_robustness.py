@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clip_jax.eval import metadata, robustness
-from clip_jax.eval.zeroshot import evaluate_logits, head_for
+from clip_jax.eval.classifier import evaluate_logits, head_for
 
 # Spot checks from the datasets' own class lists (hendrycks/imagenet-r and /natural-adv-examples).
 R_MEMBERS = ("n01443537", "n01833805", "n02085620", "n04552348", "n07720875", "n12267677")
@@ -84,8 +84,7 @@ def test_subset_and_objectnet_heads_score_within_their_classes():
 
 def test_robustness_eval_on_named_splits():
     """The in-memory API the trainer / synthetic job uses: any (name, dataset) pairs."""
-    from clip_jax.eval.cli import random_params
-    from clip_jax.models import CLIP, get_model_config
+    from clip_jax.models import CLIP, get_model_config, random_params
 
     model = CLIP(get_model_config("tiny"))
     params = random_params(model, seed=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clip_jax.eval import classifier as zsc
 from clip_jax.eval import zeroshot
-from clip_jax.eval.cli import random_params
 from clip_jax.eval.metrics import ClassificationMeter, classification_metrics
-from clip_jax.models import CLIP, get_model_config
+from clip_jax.models import CLIP, get_model_config, random_params
 
 CLASSNAMES = ["red square", "blue circle", "green triangle", "yellow star", "tiny dog", "large cat"]
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{}", "itap of a {}."]
@@ -46,32 +46,30 @@ def test_classifier_matches_open_clip(tmp_path):
 
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     want = build_zero_shot_classifier(ref, tokenizer, CLASSNAMES, TEMPLATES, num_classes_per_batch=4).numpy()
-    got = zeroshot.build_zeroshot_classifier(
+    got = zsc.build_zeroshot_classifier(
         model, params, CLASSNAMES, TEMPLATES, tokenizer=lambda t: tokenizer(list(t)).numpy(), batch_size=7
     )
     assert got.shape == want.shape == (cfg.embed_dim, len(CLASSNAMES))
     np.testing.assert_allclose(got, want, atol=1e-5)
     # And with our own tokenizer (the default), which must produce the same tokens.
     np.testing.assert_allclose(
-        zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES), want, atol=1e-5
+        zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES), want, atol=1e-5
     )
 
 
 def test_classifier_is_cached_per_checkpoint_classes_and_templates(tiny, tmp_path):
     model, params = tiny
-    w1 = zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path)
+    w1 = zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path)
     files = sorted(tmp_path.glob("zeroshot_*.npy"))
     assert len(files) == 1
     # A doctored cache file is what comes back: proof that the second call reads the cache.
     np.save(files[0], w1 * 0 + 7)
-    again = zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path)
+    again = zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path)
     assert np.all(again == 7)
     # Other templates, other classes, other weights: other keys.
-    zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES[:2], cache_dir=tmp_path)
-    zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES[:3], TEMPLATES, cache_dir=tmp_path)
-    zeroshot.build_zeroshot_classifier(
-        model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, checkpoint_id="x"
-    )
+    zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES[:2], cache_dir=tmp_path)
+    zsc.build_zeroshot_classifier(model, params, CLASSNAMES[:3], TEMPLATES, cache_dir=tmp_path)
+    zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES, cache_dir=tmp_path, checkpoint_id="x")
     assert len(list(tmp_path.glob("zeroshot_*.npy"))) == 4
     # Unit columns: each class embedding is renormalised after the template average.
     np.testing.assert_allclose(np.linalg.norm(w1, axis=0), 1.0, atol=1e-5)
@@ -93,18 +91,18 @@ def _feature_batches(features, labels, batch_size, pad_to=None):
 
 def test_perfect_features_score_100_and_permuted_labels_score_chance(tiny):
     model, params = tiny
-    classifier = zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES)
+    classifier = zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, len(CLASSNAMES), 600)
     # Image features constructed to be perfect: each one is its class's text embedding plus small noise.
     feats = classifier.T[labels] + 0.01 * rng.normal(size=(600, classifier.shape[0]))
     logits_fn = lambda f: 100.0 * f @ classifier  # noqa: E731
-    perfect = zeroshot.evaluate_logits(logits_fn, _feature_batches(feats, labels, 64, pad_to=64))
+    perfect = zsc.evaluate_logits(logits_fn, _feature_batches(feats, labels, 64, pad_to=64))
     assert perfect["acc1"] == 1.0 and perfect["acc5"] == 1.0 and perfect["mean_per_class_recall"] == 1.0
     assert perfect["num_examples"] == 600  # the padding rows of the last batch are not counted
     # The same features against shuffled labels: top-1 near 1/6, top-5 near 5/6.
     shuffled = rng.permutation(labels)
-    chance = zeroshot.evaluate_logits(logits_fn, _feature_batches(feats, shuffled, 64))
+    chance = zsc.evaluate_logits(logits_fn, _feature_batches(feats, shuffled, 64))
     assert abs(chance["acc1"] - 1 / 6) < 0.06
     assert abs(chance["acc5"] - 5 / 6) < 0.06
 
@@ -148,6 +146,6 @@ def test_zeroshot_eval_on_images_end_to_end(tiny):
     from clip_jax.eval.features import extract_image_features
 
     feats, y = extract_image_features(model, params, ds)
-    clf = zeroshot.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES)
+    clf = zsc.build_zeroshot_classifier(model, params, CLASSNAMES, TEMPLATES)
     assert feats.shape == (20, 64) and np.array_equal(y, labels)
     assert m == classification_metrics(feats @ clf, labels)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from script_output import run_json_script
 
-from clip_jax.losses import contrastive_loss, sigmoid_loss, softmax_loss
+from clip_jax.train.losses import contrastive_loss, sigmoid_loss, softmax_loss
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK_SCRIPT = REPO / "tests" / "multidevice" / "losses_check.py"

@@ -14,7 +14,7 @@ import torch
 
 from clip_jax.models import CLIP, init_params
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
-from clip_jax.optim import NO_DECAY, lr_schedule, path_mask
+from clip_jax.train.optim import NO_DECAY, lr_schedule, path_mask
 from clip_jax.weights import open_clip as oc_map
 
 # Wide enough that a bias has 256 samples; 3 layers so that the text tower's depth-scaled std shows.

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from adam_bounds import adam_drift_bound
 
-from clip_jax.config_utils import default_config, validate_config
+from clip_jax.train.config import default_config, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "tests" / "multidevice" / "train_cli.py"
@@ -275,10 +275,10 @@ def test_the_model_at_initialisation_is_the_one_training_starts_from(reference):
     init_rngs) is the trainer's initial model. Both are the same jitted random draws; only XLA's
     optimisation level differs (FMA contraction in the inverse-erf polynomial), so the values agree to
     float32 rounding, 1e-5 relative, while another key gives other values altogether."""
-    from clip_jax.config_utils import resolve_model_config
     from clip_jax.models import CLIP, init_params
     from clip_jax.sharding import dict_key_path
-    from clip_jax.train_step import init_rngs
+    from clip_jax.train.config import resolve_model_config
+    from clip_jax.train.step import init_rngs
 
     model = CLIP(resolve_model_config(BASE["model"]))
     params = init_params(model, init_rngs(default_config().seed)[0])
@@ -511,7 +511,7 @@ def test_config_errors_name_the_field(field, value, message):
 
 
 def test_mesh_that_does_not_divide_the_devices_fails_at_start(tmp_path):
-    from clip_jax.train import train
+    from clip_jax.train.loop import train
 
     config = base_config()
     config.mesh.data = 3

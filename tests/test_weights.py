@@ -27,7 +27,7 @@ from clip_jax import (
 )
 from clip_jax.convert import main as convert_main
 from clip_jax.models.config import MODEL_CONFIGS, TextConfig
-from clip_jax.weights import readers
+from clip_jax.weights import identify
 from clip_jax.weights.hf import config_from_hf
 from clip_jax.weights.infer import infer_config
 from clip_jax.weights.load import param_shapes
@@ -455,9 +455,9 @@ def test_openai_models_are_open_clips_openai_vits():
     open_clip = pytest.importorskip("open_clip")
     openai = {name for name, tag in open_clip.list_pretrained() if tag == "openai" and name.startswith("ViT")}
     # open_clip lists each under its plain and its -quickgelu name (the activation OpenAI trained with).
-    assert set(readers.OPENAI_MODELS) == {n for n in openai if n.endswith("-quickgelu")}
+    assert set(identify.OPENAI_MODELS) == {n for n in openai if n.endswith("-quickgelu")}
     assert {n.removesuffix("-quickgelu") for n in openai} == {
-        n.removesuffix("-quickgelu") for n in readers.OPENAI_MODELS
+        n.removesuffix("-quickgelu") for n in identify.OPENAI_MODELS
     }
 
 
@@ -468,11 +468,11 @@ def test_pretrained_tag_of_an_openai_torchscript_archive(tmp_path):
     shapes = _meta_open_clip_state_dict("ViT-B-32-quickgelu")
     sd = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in shapes.items()}
     path = torchscript_of(with_openai_extras(sd, 224), tmp_path / "ViT-B-32.pt")
-    assert readers.openai_model_name(path) == "ViT-B-32-quickgelu"
-    assert readers.pretrained_tag(path) == "openai"
+    assert identify.openai_model_name(path) == "ViT-B-32-quickgelu"
+    assert identify.pretrained_tag(path) == "openai"
     # The same weights as a torch.save file are not OpenAI's release: tagged by their name.
     torch.save(sd, tmp_path / "ViT-B-32-resaved.bin")
-    assert readers.pretrained_tag(tmp_path / "ViT-B-32-resaved.bin") == "ViT-B-32-resaved"
+    assert identify.pretrained_tag(tmp_path / "ViT-B-32-resaved.bin") == "ViT-B-32-resaved"
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -490,11 +490,11 @@ def test_pretrained_tag_of_other_torchscript_archives(tiny_sd, tmp_path, monkeyp
     torch.jit.save(torch.jit.script(torch.nn.Linear(4, 3)), str(tmp_path / "scripted.pt"))
     torchscript_of(with_openai_extras(sd, 32), tmp_path / "tiny-export.pt")
     for name in ("traced", "scripted", "tiny-export"):
-        assert readers.pretrained_tag(tmp_path / f"{name}.pt") == name
-    assert readers.pretrained_tag(tmp_path) == tmp_path.stem  # a folder
+        assert identify.pretrained_tag(tmp_path / f"{name}.pt") == name
+    assert identify.pretrained_tag(tmp_path) == tmp_path.stem  # a folder
 
-    monkeypatch.setattr(readers, "OPENAI_MODELS", ("tiny-quickgelu",))
-    assert readers.pretrained_tag(tmp_path / "tiny-export.pt") == "openai"  # the stand-in is recognised
+    monkeypatch.setattr(identify, "OPENAI_MODELS", ("tiny-quickgelu",))
+    assert identify.pretrained_tag(tmp_path / "tiny-export.pt") == "openai"  # the stand-in is recognised
     extra = dict(sd, **{"visual.extra_token": torch.zeros(3, 64)})
     variants = {
         "no-extras": sd,
@@ -506,4 +506,4 @@ def test_pretrained_tag_of_other_torchscript_archives(tiny_sd, tmp_path, monkeyp
         "scalar-projection": with_openai_extras(dict(sd, text_projection=torch.zeros(())), 32),
     }
     for name, variant in variants.items():
-        assert readers.pretrained_tag(torchscript_of(variant, tmp_path / f"{name}.pt")) == name, name
+        assert identify.pretrained_tag(torchscript_of(variant, tmp_path / f"{name}.pt")) == name, name

@@ -23,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from clip_jax.data import builders, padding
-from clip_jax.data.iterator import decode_image, no_autograph
+from clip_jax.data.tf_ops import decode_image, no_autograph
 from clip_jax.preprocess import tf_eval_transform
 
 

@@ -41,30 +41,10 @@ import numpy as np
 import tensorflow as tf
 
 from clip_jax.data import image_text
+from clip_jax.data.tf_ops import decode_image, no_autograph, tf_tokenize
 from clip_jax.preprocess import tf_train_transform
-from clip_jax.tokenizer import tokenize
 
 STATE_VERSION = 1
-
-
-def no_autograph(fn):
-    """`fn` for tf.data without autograph: it has no Python control flow on tensors, and converting it
-    would cost seconds of tracing for every epoch's pipeline."""
-    return tf.autograph.experimental.do_not_convert(fn)
-
-
-def _tokenize_batch(captions: np.ndarray, context_length: int) -> np.ndarray:
-    texts = [c.decode("utf-8", errors="replace") for c in captions.reshape(-1)]
-    return tokenize(texts, context_length).reshape(captions.shape + (context_length,))
-
-
-def tf_tokenize(captions: tf.Tensor, context_length: int) -> tf.Tensor:
-    """Tokenize a string tensor of any shape inside tf.data: int32 [*shape, context_length]."""
-    tokens = tf.numpy_function(
-        lambda c: _tokenize_batch(c, context_length), [captions], tf.int32, stateful=False
-    )
-    tokens.set_shape(captions.shape.concatenate([context_length]))
-    return tokens
 
 
 def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -74,13 +54,6 @@ def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     count = tf.size(caption)
     index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.maximum(count, 1), dtype=tf.int32)
     return tf.cond(count > 0, lambda: tf.gather(tf.reshape(caption, [-1]), index), lambda: tf.constant(""))
-
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [H, W, 3]; raises on corrupt data (to be dropped)."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return image
 
 
 class TrainIterator(Iterator[dict[str, np.ndarray]]):

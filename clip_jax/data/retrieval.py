@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 
 from clip_jax.data import builders, padding
 from clip_jax.data.image_text import get_path
-from clip_jax.data.iterator import decode_image, no_autograph, tf_tokenize
+from clip_jax.data.tf_ops import decode_image, no_autograph, tf_tokenize
 from clip_jax.preprocess import tf_eval_transform
 
 _CAPTION_KEYS = ("captions/text", "captions", "caption")

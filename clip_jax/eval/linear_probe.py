@@ -33,7 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from clip_jax.eval import metadata
+from clip_jax.eval.cache import cached_features, slug
+from clip_jax.eval.common import DataConfig, Evaluator
+from clip_jax.eval.datasets import eval_dataset
+from clip_jax.eval.features import extract_image_features
 from clip_jax.eval.metrics import classification_metrics
+from clip_jax.models.clip import CLIP
 
 
 @dataclasses.dataclass
@@ -279,8 +285,78 @@ def linear_probe(
     return metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class LinearProbeConfig(DataConfig):
+    """train_split: the probe's training split (C is chosen on a validation part of it unless given);
+    split: the test split; normalize: L2-normalise the features first; feature_cache: a folder caching
+    extracted features (.npz, used when `run` gets a checkpoint_id)."""
+
+    train_split: str = "train"
+    C: float | None = None
+    val_fraction: float = 0.2
+    max_iter: int = 1000
+    normalize: bool = False
+    seed: int = 0
+    feature_cache: str | None = None
+
+
+class LinearProbe(Evaluator):
+    """Logistic regression on frozen image features of a registered dataset's train split, scored on test."""
+
+    config_class = LinearProbeConfig
+
+    def __init__(self, config, model: CLIP, *, where: str = "linear_probe") -> None:
+        super().__init__(config, model, where=where)
+        c = self.config
+        if not 0 < c.val_fraction < 1:
+            raise ValueError(f"{where}.val_fraction must be in (0, 1), got {c.val_fraction}")
+        self.spec = metadata.get_dataset(c.dataset)
+        self.num_classes = len(metadata.classnames_and_templates(self.spec.name, c.task)[0])
+        size = model.cfg.vision.image_size
+        self.splits = {
+            "train": (c.train_split, eval_dataset(c, size, split=c.train_split)),
+            "test": (c.split or self.spec.split, eval_dataset(c, size)),
+        }
+
+    def _features(self, params: Any, which: str, checkpoint_id: str | None) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        split, dataset = self.splits[which]
+        path = None
+        if c.feature_cache and checkpoint_id:
+            kind = "norm" if c.normalize else "raw"
+            key = slug(f"{checkpoint_id}-{self.spec.name}-{c.task}-{split}-{c.max_batches}-{kind}")
+            path = os.path.join(c.feature_cache, f"{key}.npz")
+        return cached_features(
+            path,
+            lambda: extract_image_features(
+                self.model,
+                params,
+                dataset,
+                normalize=c.normalize,
+                max_batches=c.max_batches,
+                progress=f"{self.spec.name}/{split}",
+            ),
+        )
+
+    def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:
+        c = self.config
+        xtr, ytr = self._features(params, "train", checkpoint_id)
+        xte, yte = self._features(params, "test", checkpoint_id)
+        return linear_probe(
+            xtr,
+            ytr,
+            xte,
+            yte,
+            num_classes=self.num_classes,
+            C=c.C,
+            val_fraction=c.val_fraction,
+            seed=c.seed,
+            max_iter=c.max_iter,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    from clip_jax.eval import cli, features, metadata
+    from clip_jax.eval import cli
 
     parser = argparse.ArgumentParser(description="Linear probe on frozen CLIP image features.")
     cli.add_common_args(parser)
@@ -295,44 +371,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     model, params, ident = cli.load_model(args)
-    spec = metadata.get_dataset(args.dataset)
-    test_split = args.split or spec.split
-
-    def feats(split: str) -> tuple[np.ndarray, np.ndarray]:
-        path = None
-        if args.feature_cache:
-            key = cli.slug(f"{ident.checkpoint_id}-{spec.name}-{split}-{'norm' if args.normalize else 'raw'}")
-            path = os.path.join(args.feature_cache, f"{key}.npz")
-        ds = lambda: cli.make_dataset(spec, args, model, split=split)  # noqa: E731
-        return features.cached_features(
-            path,
-            lambda: features.extract_image_features(
-                model,
-                params,
-                ds(),
-                normalize=args.normalize,
-                max_batches=args.max_batches,
-                progress=f"{spec.name}/{split}",
-            ),
-        )
-
-    xtr, ytr = feats(args.train_split)
-    xte, yte = feats(test_split)
-    num_classes = (
-        len(metadata.classnames_and_templates(spec.name)[0]) if spec.classes != "clip_synthetic" else None
-    )
-    metrics = linear_probe(
-        xtr,
-        ytr,
-        xte,
-        yte,
-        num_classes=num_classes,
-        C=args.C,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        max_iter=args.max_iter,
-    )
-    return cli.write_result(args, ident, spec.name, "linear_probe", metrics)
+    fields = cli.data_fields(args) | {
+        "train_split": args.train_split,
+        "C": args.C,
+        "val_fraction": args.val_fraction,
+        "max_iter": args.max_iter,
+        "normalize": args.normalize,
+        "seed": args.seed,
+        "feature_cache": args.feature_cache,
+    }
+    evaluator = cli.build(LinearProbe, fields, model)
+    metrics = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
+    return cli.write_result(args, ident, evaluator.spec.name, "linear_probe", metrics)
 
 
 if __name__ == "__main__":

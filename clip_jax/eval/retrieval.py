@@ -2,7 +2,7 @@
 
 Batches are dicts with "image" [b, S, S, 3], "mask" [b] and the captions of each image, either as tokens
 ("text" or "tokens": int [b, K, L], with "text_mask" bool [b, K] or all-zero rows marking missing ones; what
-`clip_jax.data.make_retrieval_dataset` yields) or as strings ("captions", "caption" or "texts": [b, K] with
+`clip_jax.eval.datasets.retrieval_dataset` yields) or as strings ("captions", "caption" or "texts": [b, K] with
 empty strings for missing ones, or a list of lists).
 
     python -m clip_jax.eval.retrieval --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
@@ -12,6 +12,7 @@ empty strings for missing ones, or a list of lists).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,10 @@ import jax
 import numpy as np
 
 from clip_jax.eval import features as F
+from clip_jax.eval.common import DataConfig, Evaluator
+from clip_jax.eval.datasets import retrieval_dataset
 from clip_jax.eval.metrics import retrieval_metrics
+from clip_jax.eval.runtime import Batch, batch_mask, default_mesh, gather_processes, iterate_batches
 from clip_jax.models.clip import CLIP
 
 CAPTION_KEYS = ("captions", "caption", "texts")
@@ -30,7 +34,7 @@ def _as_text(x: Any) -> str:
 
 
 def batch_tokens(
-    batch: F.Batch, tokenize: Callable[[list[str]], np.ndarray], max_captions: int, context_length: int
+    batch: Batch, tokenize: Callable[[list[str]], np.ndarray], max_captions: int, context_length: int
 ) -> np.ndarray:
     """Captions of a batch as int32 [b, max_captions, L]; missing captions are all-zero rows."""
     for key in ("text", "tokens"):
@@ -61,7 +65,7 @@ def batch_tokens(
 def retrieval_eval(
     model: CLIP,
     params: Any,
-    dataset: Iterable[F.Batch],
+    dataset: Iterable[Batch],
     *,
     tokenizer: Callable[[list[str]], np.ndarray] | None = None,
     max_captions: int = 8,
@@ -76,7 +80,7 @@ def retrieval_eval(
     Non-finite (NaN or inf) image or text features raise a ValueError naming the side; ties between scores
     count against the model (see `clip_jax.eval.metrics.retrieval_ranks`).
     """
-    mesh = F.default_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     context_length = model.cfg.text.context_length
     if tokenizer is None:
         from clip_jax.tokenizer import tokenize
@@ -84,10 +88,10 @@ def retrieval_eval(
         tokenizer = lambda texts: tokenize(texts, context_length=context_length)  # noqa: E731
     img_enc = F.image_encoder(model, params, mesh=mesh)
     image_feats, tokens = [], []
-    for batch in F.iterate_batches(dataset, max_batches, progress):
-        keep = F.gather_processes(F.batch_mask(batch))
-        f = F.gather_processes(img_enc(np.asarray(batch["image"], np.float32)))
-        t = F.gather_processes(batch_tokens(batch, tokenizer, max_captions, context_length))
+    for batch in iterate_batches(dataset, max_batches, progress):
+        keep = gather_processes(batch_mask(batch))
+        f = gather_processes(img_enc(np.asarray(batch["image"], np.float32)))
+        t = gather_processes(batch_tokens(batch, tokenizer, max_captions, context_length))
         image_feats.append(f[keep])
         tokens.append(t[keep])
     if not image_feats:
@@ -107,6 +111,42 @@ def retrieval_eval(
     return metrics
 
 
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig(DataConfig):
+    """dataset: a TFDS name or a source the data module reads (default split "test"); name: the dataset's
+    name in result records; max_captions: captions per image that are scored."""
+
+    dataset: str = "coco_captions"
+    name: str | None = None
+    max_captions: int = 8
+
+
+class Retrieval(Evaluator):
+    """Image->text and text->image recall@1/5/10 on a dataset of images with several captions each."""
+
+    config_class = RetrievalConfig
+
+    def __init__(self, config, model: CLIP, *, where: str = "retrieval") -> None:
+        super().__init__(config, model, where=where)
+        c = self.config
+        if c.max_captions < 1:
+            raise ValueError(f"{where}.max_captions must be >= 1, got {c.max_captions}")
+        cfg = model.cfg
+        self.dataset = retrieval_dataset(c, cfg.vision.image_size, cfg.text.context_length)
+        self.name = c.name or ("mscoco_captions" if c.dataset.startswith("coco_captions") else c.dataset)
+
+    def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:
+        c = self.config
+        return retrieval_eval(
+            self.model,
+            params,
+            self.dataset,
+            max_captions=c.max_captions,
+            max_batches=c.max_batches,
+            progress=c.dataset,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     from clip_jax.eval import cli
 
@@ -121,22 +161,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     model, params, ident = cli.load_model(args)
-    from clip_jax.data import make_retrieval_dataset
-
-    ds = make_retrieval_dataset(
-        args.dataset,
-        args.split,
-        batch_size=args.batch_size,
-        image_size=model.cfg.vision.image_size,
-        data_dir=args.data_dir,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    metrics = retrieval_eval(
-        model, params, ds, max_captions=args.max_captions, max_batches=args.max_batches, progress=args.dataset
-    )
-    name = args.name or ("mscoco_captions" if args.dataset.startswith("coco_captions") else args.dataset)
-    return cli.write_result(args, ident, name, "zeroshot_retrieval", metrics)
+    fields = cli.data_fields(args) | {"name": args.name, "max_captions": args.max_captions}
+    evaluator = cli.build(Retrieval, fields, model)
+    metrics = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
+    return cli.write_result(args, ident, evaluator.name, "zeroshot_retrieval", metrics)
 
 
 if __name__ == "__main__":

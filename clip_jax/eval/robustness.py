@@ -8,6 +8,8 @@ each the set of ImageNet classes it maps to, so a prediction of any of them coun
 
 Library use, for any list of (name, dataset) pairs, the first being the reference distribution:
     report = robustness_eval(model, params, [("test", ds), ("sketch", ds2)], classnames=..., templates=...)
+As an evaluator (`config.evals.<name> = {"type": "robustness", "datasets": "imagenet1k,imagenetv2"}`):
+    Robustness({"data_dir": ...}, model).run(params)
 
     python -m clip_jax.eval.robustness --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
         --data-dir ~/tensorflow_datasets --objectnet-dir ~/objectnet-1.0 --output rob.json --plot rob.png
@@ -16,19 +18,17 @@ Library use, for any list of (name, dataset) pairs, the first being the referenc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from clip_jax.eval import features as F
 from clip_jax.eval import metadata
-from clip_jax.eval.zeroshot import (
+from clip_jax.eval.classifier import (
     Head,
     build_zeroshot_classifier,
     check_classifier,
@@ -36,72 +36,10 @@ from clip_jax.eval.zeroshot import (
     head_for,
     logits_encoder,
 )
+from clip_jax.eval.common import DataConfig, Evaluator
+from clip_jax.eval.datasets import eval_dataset
+from clip_jax.eval.runtime import Batch, default_mesh
 from clip_jax.models.clip import CLIP
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG")
-# ObjectNet images carry a 1-pixel red border; the standard protocol crops 2 pixels off each side.
-OBJECTNET_BORDER = 2
-
-
-def objectnet_files(root: str | Path) -> list[tuple[Path, int]]:
-    """(image path, ObjectNet class index) for the 113 ImageNet-overlapping classes, sorted."""
-    root = Path(root)
-    images = root / "images" if (root / "images").is_dir() else root
-    out = []
-    for label, cls in enumerate(metadata.objectnet_classes()):
-        folder = images / cls["folder"]
-        if folder.is_dir():
-            out.extend((p, label) for p in sorted(folder.iterdir()) if p.suffix in IMAGE_SUFFIXES)
-    if not out:
-        raise FileNotFoundError(f"no ObjectNet class folders (e.g. {images / 'alarm_clock'}) found")
-    return out
-
-
-def _load_objectnet_image(path: Path, image_size: int) -> np.ndarray:
-    from PIL import ImageOps
-
-    from clip_jax.preprocess import load_image, preprocess_image
-
-    image = load_image(path)
-    image = ImageOps.crop(image.convert("RGB"), border=OBJECTNET_BORDER)
-    return preprocess_image(image, image_size)
-
-
-def objectnet_dataset(
-    root: str | Path,
-    *,
-    batch_size: int,
-    image_size: int,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    num_threads: int = 8,
-) -> Iterator[dict[str, np.ndarray]]:
-    """ObjectNet batches {"image", "label" (0..112, in objectnet.json's order), "mask"} from a local folder.
-
-    `batch_size` is global, as in `clip_jax.data.make_eval_dataset`: each process reads every
-    process_count-th file into batches of batch_size / process_count; all processes yield the same number
-    of batches, the last ones padded with mask 0.
-    """
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
-    batch_size //= process_count
-    files = objectnet_files(root)
-    mine = files[process_index::process_count]
-    per_process = math.ceil(len(files) / process_count)
-    num_batches = math.ceil(per_process / batch_size)
-    with ThreadPoolExecutor(num_threads) as pool:
-        for b in range(num_batches):
-            chunk = mine[b * batch_size : (b + 1) * batch_size]
-            images = np.zeros((batch_size, image_size, image_size, 3), np.float32)
-            labels = np.zeros(batch_size, np.int32)
-            mask = np.zeros(batch_size, np.int32)
-            for i, img in enumerate(pool.map(lambda f: _load_objectnet_image(f[0], image_size), chunk)):
-                images[i] = img
-                labels[i] = chunk[i][1]
-                mask[i] = 1
-            yield {"image": images, "label": labels, "mask": mask}
 
 
 def default_head(name: str) -> Head:
@@ -116,7 +54,7 @@ def default_head(name: str) -> Head:
 def robustness_eval(
     model: CLIP,
     params: Any,
-    datasets: Sequence[tuple[str, Iterable[F.Batch]]],
+    datasets: Sequence[tuple[str, Iterable[Batch]]],
     *,
     classnames: Sequence[str] | None = None,
     templates: Sequence[str] | None = None,
@@ -137,7 +75,7 @@ def robustness_eval(
     """
     if not datasets:
         raise ValueError("no datasets given")
-    mesh = F.default_mesh() if mesh is None else mesh
+    mesh = default_mesh() if mesh is None else mesh
     if classifier is None:
         if classnames is None or templates is None:
             raise ValueError("pass classnames and templates, or a classifier")
@@ -237,8 +175,104 @@ def plot_effective_robustness(
     return path
 
 
-def default_published_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "experiments" / "published_clip_numbers.json"
+@dataclasses.dataclass(frozen=True)
+class RobustnessConfig(DataConfig):
+    """datasets: comma-separated registered names (or a sequence), the first the reference; ObjectNet is
+    skipped without objectnet_dir. Or splits: comma-separated splits of `dataset`, the first the reference
+    (the synthetic dataset's shifts are splits). templates, classifier_cache: as for zero-shot."""
+
+    datasets: Any = ",".join(("imagenet1k",) + metadata.IMAGENET_SHIFTS)
+    splits: Any = None
+    templates: str | None = None
+    classifier_cache: str | None = None
+
+
+class Robustness(Evaluator):
+    """Zero-shot metrics on a reference dataset and its shifts, with the mean top-1 over the shifts."""
+
+    config_class = RobustnessConfig
+    requires_dataset = False
+
+    def __init__(self, config, model: CLIP, *, where: str = "robustness") -> None:
+        super().__init__(config, model, where=where)
+        c = self.config
+        size = model.cfg.vision.image_size
+        if c.splits is not None:
+            if not c.dataset:
+                raise ValueError(f"{where}.splits needs {where}.dataset")
+            reference = metadata.get_dataset(c.dataset)
+            splits = _names(c.splits, f"{where}.splits")
+            self.datasets = [(split, eval_dataset(c, size, split=split)) for split in splits]
+            self.heads = {split: head_for(reference.head) for split in splits}
+        else:
+            names = _names(c.datasets, f"{where}.datasets")
+            if "objectnet" in names and not c.objectnet_dir:
+                print(f"{where}: no objectnet_dir, skipping objectnet")
+                names.remove("objectnet")
+            specs = [metadata.get_dataset(n) for n in names]
+            reference = specs[0]
+            self.datasets = [(s.name, eval_dataset(c, size, dataset=s.name)) for s in specs]
+            self.heads = None
+        self.classnames, templates = metadata.classnames_and_templates(reference.name, c.task)
+        self.templates = metadata.choose_templates(c.templates, reference, templates)
+
+    def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:
+        c = self.config
+        classifier = build_zeroshot_classifier(
+            self.model,
+            params,
+            self.classnames,
+            self.templates,
+            cache_dir=c.classifier_cache if checkpoint_id else None,
+            checkpoint_id=checkpoint_id,
+            progress=True,
+        )
+        return robustness_eval(
+            self.model,
+            params,
+            self.datasets,
+            classifier=classifier,
+            heads=self.heads,
+            max_batches=c.max_batches,
+            progress=True,
+        )
+
+
+def _names(value: Any, where: str) -> list[str]:
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ValueError(f"{where} is empty")
+    return names
+
+
+def report_records(report: Mapping[str, Any], model: str, pretrained: str) -> list[dict]:
+    """CLIP_benchmark records of a robustness report: one per dataset, and the shift average."""
+    from clip_jax.eval import results
+
+    records = [
+        results.make_record(n, model, pretrained, "zeroshot_classification", m)
+        for n, m in report["datasets"].items()
+    ]
+    if report["average_shift_acc1"] is not None:
+        records.append(
+            results.make_record(
+                "imagenet_shift_average",
+                model,
+                pretrained,
+                "zeroshot_classification",
+                {"acc1": report["average_shift_acc1"]},
+                shifts=[n for n in report["datasets"] if n != report["reference"]],
+            )
+        )
+    return records
+
+
+def plot_point(report: Mapping[str, Any], label: str) -> dict[str, Any] | None:
+    """The report's point on the effective-robustness plot (None without shifts)."""
+    if report["average_shift_acc1"] is None:
+        return None
+    return {"label": label, "x": report["reference_acc1"], "y": report["average_shift_acc1"], "kind": "ours"}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -254,68 +288,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     cli.add_template_arg(parser)
     parser.add_argument("--classifier-cache", default=None)
     parser.add_argument("--plot", default=None, help="PNG path for the effective-robustness plot")
-    parser.add_argument("--published", default=str(default_published_path()))
+    parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
     args = parser.parse_args(argv)
 
     model, params, ident = cli.load_model(args)
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    if "objectnet" in names and not args.objectnet_dir:
-        print("no --objectnet-dir: skipping objectnet")
-        names.remove("objectnet")
-    specs = [metadata.get_dataset(n) for n in names]
-    classnames, templates = metadata.classnames_and_templates(specs[0].name, args.task)
-    templates = cli.choose_templates(args.templates, specs[0], templates)
-    classifier = build_zeroshot_classifier(
-        model,
-        params,
-        classnames,
-        templates,
-        cache_dir=args.classifier_cache,
-        checkpoint_id=ident.checkpoint_id,
-        progress=True,
-    )
-    report = robustness_eval(
-        model,
-        params,
-        [(s.name, cli.make_dataset(s, args, model)) for s in specs],
-        classifier=classifier,
-        max_batches=args.max_batches,
-        progress=True,
-    )
-    records = [
-        results.make_record(n, ident.model, ident.pretrained, "zeroshot_classification", m)
-        for n, m in report["datasets"].items()
-    ]
-    summary = {
-        "reference": report["reference"],
-        "reference_acc1": report["reference_acc1"],
-        "average_shift_acc1": report["average_shift_acc1"],
-    }
-    records.append(
-        results.make_record(
-            "imagenet_shift_average",
-            ident.model,
-            ident.pretrained,
-            "zeroshot_classification",
-            {"acc1": report["average_shift_acc1"]},
-            shifts=[n for n in report["datasets"] if n != report["reference"]],
-        )
-    )
+    fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
+    evaluator = cli.build(Robustness, fields | {"datasets": args.datasets}, model)
+    report = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
+    records = report_records(report, ident.model, ident.pretrained)
     if jax.process_index() == 0:
         if args.output:
             results.write_records(args.output, records)
+        summary = {k: report[k] for k in ("reference", "reference_acc1", "average_shift_acc1")}
         print(json.dumps(summary | {n: m["acc1"] for n, m in report["datasets"].items()}))
-        if args.plot and report["average_shift_acc1"] is not None:
+        point = plot_point(report, f"{ident.model} ({ident.pretrained})")
+        if args.plot and point is not None:
             pts = published_points(args.published) if Path(args.published).exists() else []
-            pts.append(
-                {
-                    "label": f"{ident.model} ({ident.pretrained})",
-                    "x": report["reference_acc1"],
-                    "y": report["average_shift_acc1"],
-                    "kind": "ours",
-                }
-            )
-            plot_effective_robustness(pts, args.plot)
+            plot_effective_robustness(pts + [point], args.plot)
     return records
 
 

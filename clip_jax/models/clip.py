@@ -85,3 +85,27 @@ def init_params(model: CLIP, rng: jax.Array) -> dict:
     images = jnp.zeros((1, cfg.vision.image_size, cfg.vision.image_size, 3), jnp.float32)
     tokens = jnp.zeros((1, cfg.text.context_length), jnp.int32)
     return nn.unbox(model.init(rng, images, tokens)["params"])
+
+
+def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
+    """Random params for smoke tests, drawn with numpy in the shapes of `init_params`.
+
+    Not CLIP's initialisation (LayerNorm scales are 1, biases 0, everything else N(0, std^2)), but built
+    without compiling the model's init, which takes a minute on a small CPU even for the tiny model.
+    """
+    import numpy as np
+
+    shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return np.ones(leaf.shape, leaf.dtype)
+        if name.endswith("['bias']"):
+            return np.zeros(leaf.shape, leaf.dtype)
+        if name.endswith("['logit_scale']"):
+            return np.full(leaf.shape, np.log(1 / 0.07), leaf.dtype)
+        return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)

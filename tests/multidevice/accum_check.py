@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from clip_jax.models import CLIP, init_params  # noqa: E402
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig  # noqa: E402
 from clip_jax.sharding import dict_key_path  # noqa: E402
-from clip_jax.train_step import make_loss_and_grads  # noqa: E402
+from clip_jax.train.step import make_loss_and_grads  # noqa: E402
 
 # Small enough to compile quickly, with every kind of parameter the real towers have.
 CFG = CLIPConfig(

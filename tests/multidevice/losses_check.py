@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from benchmarks.bench_loss_memory import measure  # noqa: E402
-from clip_jax.losses import contrastive_loss  # noqa: E402
+from clip_jax.train.losses import contrastive_loss  # noqa: E402
 
 NAMES = ("data", "fsdp", "tensor")
 MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2,fsdp=2,tensor=2": (2, 2, 2)}

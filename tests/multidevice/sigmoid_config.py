@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from clip_jax.config_utils import default_config
+from clip_jax.train.config import default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -31,10 +31,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-import clip_jax.train as train_module  # noqa: E402
+import clip_jax.train.loop as train_module  # noqa: E402
 from clip_jax.checkpoint import Checkpointer  # noqa: E402
-from clip_jax.random_batches import RandomBatches  # noqa: E402
 from clip_jax.sharding import dict_key_path  # noqa: E402
+from clip_jax.train.random_batches import RandomBatches  # noqa: E402
 
 
 def workdir_file(name: str) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
+# The CLIP paper's and other published accuracies, with their sources (SOURCES.md).
+PUBLISHED_NUMBERS = HERE / "published_clip_numbers.json"
 
 
 @functools.cache
@@ -75,9 +77,9 @@ def classnames_and_templates(name: str, task: str | None = None) -> tuple[list[s
     if spec.classes == "clip_synthetic":
         from clip_jax.data.synthetic import zeroshot_tasks
 
-        tasks = zeroshot_tasks()
-        classnames, templates = tasks[task or SYNTHETIC_DEFAULT_TASK]
+        classnames, templates = zeroshot_tasks()[label_feature(spec, task)]
         return list(classnames), list(templates)
+    label_feature(spec, task)  # a task on a single-label dataset is an error
     d = _load(spec.classes)
     return list(d["classnames"]), list(d["templates"])
 
@@ -113,7 +115,41 @@ DATASETS: dict[str, DatasetSpec] = {
     )
 }
 
+
 # The ImageNet distribution-shift suite of the CLIP paper (Fig. 13) in reporting order.
+def label_feature(spec: DatasetSpec, task: str | None) -> str:
+    """The label feature that an evaluation scores: clip_synthetic has one per task ("shape", the
+    default, or "color"); every other dataset has "label" and no tasks."""
+    if spec.classes == "clip_synthetic":
+        from clip_jax.data.synthetic import zeroshot_tasks
+
+        task = task or SYNTHETIC_DEFAULT_TASK
+        if task not in zeroshot_tasks():
+            raise ValueError(f"task {task!r} of {spec.name}: choose from {sorted(zeroshot_tasks())}")
+        return task
+    if task is not None:
+        raise ValueError(f"{spec.name} has a single label; task={task!r} applies to clip_synthetic only")
+    return "label"
+
+
+def choose_templates(arg: str | None, spec: DatasetSpec, default: list[str]) -> list[str]:
+    """The templates that `arg` names for a dataset whose own templates are `default`: None (those),
+    "openai" (80) or "simple" (7) for ImageNet sets, or a JSON file holding a list of templates with '{}'."""
+    if arg is None:
+        return default
+    if arg in ("openai", "simple"):
+        if spec.classes != "imagenet":
+            raise ValueError(f"--templates {arg} is an ImageNet template set; {spec.name} has its own")
+        return imagenet_templates(arg)
+    path = Path(arg)
+    if not path.is_file():
+        raise ValueError(f"--templates must be openai, simple or a JSON file; {arg!r} is none of these")
+    templates = json.loads(path.read_text())
+    if not (isinstance(templates, list) and templates and all("{}" in t for t in templates)):
+        raise ValueError(f"{arg} must hold a non-empty JSON list of templates, each with '{{}}'")
+    return templates
+
+
 IMAGENET_SHIFTS = ("imagenetv2", "imagenet-r", "imagenet_sketch", "objectnet", "imagenet-a")
 
 

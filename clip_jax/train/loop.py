@@ -1,4 +1,4 @@
-"""Train a CLIP model: `python -m clip_jax.train --config configs/synthetic_tiny.py --workdir runs/tiny`.
+"""The training run: `python -m clip_jax.train --config configs/synthetic_tiny.py --workdir runs/tiny`.
 
 Reads top to bottom in the order things happen: processes, config, mesh, model, data, state (restored or
 initialised straight into its shardings), the jitted step, and the loop with logging, evaluation,
@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 
 import flax.linen as nn
@@ -22,10 +21,10 @@ import numpy as np
 
 from clip_jax import sharding
 from clip_jax.checkpoint import Checkpointer, abstract_like
-from clip_jax.config_utils import resolve_model_config, validate_config
 from clip_jax.models.clip import CLIP
-from clip_jax.optim import make_optimizer
-from clip_jax.train_step import (
+from clip_jax.train.config import validate_config
+from clip_jax.train.optim import make_optimizer
+from clip_jax.train.step import (
     TrainState,
     init_rngs,
     init_train_state,
@@ -61,7 +60,7 @@ def initialize_distributed(
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | None = None) -> TrainState:
     """Run (or resume) the training described by `config` in `workdir`; returns the final state."""
-    validate_config(config)
+    model_cfg = validate_config(config)
     # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp. Built before anything is written,
     # so that a mesh that does not fit the devices leaves the workdir as it was.
     mesh = sharding.make_mesh(**config.mesh, devices=devices)
@@ -71,12 +70,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | No
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return _train_on_mesh(config, workdir, mesh, is_main)
+        return _train_on_mesh(config, model_cfg, workdir, mesh, is_main)
 
 
-def _train_on_mesh(config, workdir, mesh, is_main) -> TrainState:
+def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
     # Model.
-    model_cfg = resolve_model_config(config.model)
     model = CLIP(
         model_cfg,
         dtype=jnp.dtype(config.dtype),
@@ -231,7 +229,7 @@ def make_train_data(config, model_cfg):
         process_count=jax.process_count(),
     )
     if config.data.source == "random":
-        from clip_jax.random_batches import RandomBatches
+        from clip_jax.train.random_batches import RandomBatches
 
         return RandomBatches(
             vocab_size=model_cfg.text.vocab_size,
@@ -251,7 +249,7 @@ class TrainLoop:
         self.ckpt, self.model, self.data_iter = ckpt, model, data_iter
         self.preempted = False
         self._stop_agreed = False  # multi-process: every process has agreed to stop at this step
-        self.evaluator = None  # built at the first evaluation
+        self.evaluators = None  # built at the first evaluation
         # With several processes, JAX's preemption service (started by jax.distributed.initialize) takes
         # SIGTERM itself and agrees on a step to stop at (see _stop_requested); a handler of ours would
         # take the signal away from it.
@@ -299,7 +297,7 @@ class TrainLoop:
                 last_log_time, last_log_step = now, step
                 self._log(step, jax.device_get(metrics), ips, bar)
             if (
-                config.eval.zeroshot
+                config.evals
                 and config.eval_every
                 and step % config.eval_every == 0
                 and step < config.total_steps
@@ -316,7 +314,7 @@ class TrainLoop:
             if self.ckpt.latest_step() != step:
                 self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
             log.warning("preempted at step %d; checkpoint saved", step)
-        elif config.eval.zeroshot:
+        elif config.evals:
             if pending is not None:
                 self._check_finite(*pending)
             self._evaluate(step, state)
@@ -378,14 +376,17 @@ class TrainLoop:
                 self.tb.add_scalar(f"train/{k}", v, step)
 
     def _evaluate(self, step: int, state: TrainState) -> None:
-        if self.evaluator is None:
-            from clip_jax.train_eval import ZeroShotEvaluator
+        """Every evaluation of config.evals on the current params, logged as eval/<name>/<metric>."""
+        from clip_jax.eval.common import flat_scalars, make_evaluators
 
-            tasks = [dict(t) for t in self.config.eval.zeroshot]
-            self.evaluator = ZeroShotEvaluator(
-                tasks, self.model, default_data_dir=self.config.data.get("data_dir")
-            )
-        results = self.evaluator(state.params)
+        if self.evaluators is None:
+            defaults = {"data_dir": self.config.data.get("data_dir")}
+            self.evaluators = make_evaluators(self.config.evals, self.model, defaults=defaults)
+        results = {}
+        for name, evaluator in self.evaluators.items():
+            start = time.perf_counter()
+            results.update(flat_scalars(evaluator.run(state.params), f"{name}/"))
+            log.info("step %d eval %s: %.1f s", step, name, time.perf_counter() - start)
         if not self.is_main:
             return
         record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
@@ -437,10 +438,3 @@ def _define_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
     flags.DEFINE_bool("distributed_auto", False, "Let JAX detect a TPU pod / SLURM / Open MPI cluster.")
     flags.mark_flags_as_required(["config", "workdir"])
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    _define_flags()
-    app.run(main, argv=sys.argv)

@@ -6,13 +6,14 @@ error that names it, so a typo never silently trains with a default.
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
 import ml_collections
 
 from clip_jax.models.config import CLIPConfig, get_model_config
-from clip_jax.optim import NO_DECAY
+from clip_jax.train.optim import NO_DECAY
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -47,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.b2 = 0.98
     c.eps = 1e-6
     c.grad_clip_norm = 0.0  # 0 disables clipping
-    # Regexes of parameter paths without weight decay; the default is open_clip's rule (clip_jax/optim.py).
+    # Regexes of parameter paths without weight decay; the default is open_clip's rule (clip_jax/train/optim.py).
     c.no_decay = NO_DECAY
     c.freeze = ()  # regexes of parameter paths to freeze; LiT: ("^visual/",)
     c.lr_mults = ()  # ((regex, multiplier), ...); the last matching rule wins
@@ -60,17 +61,79 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.log_every = 10
-    c.eval_every = 0  # 0: only at the end (if eval datasets are configured)
+    c.eval_every = 0  # 0: only at the end (if evaluations are configured)
 
     # "random": RandomBatches (distinct_batches: 0 for an endless stream, n to cycle through n batches).
     c.data = ml_collections.ConfigDict({"source": "random", "distinct_batches": 0})
-    # Zero-shot evaluations run every eval_every steps: list of dicts understood by clip_jax.eval.
-    c.eval = ml_collections.ConfigDict({"zeroshot": []})
+    # Evaluations run every eval_every steps and at the end, by name: {"type": zeroshot | robustness |
+    # linear_probe | retrieval, and that type's fields} (clip_jax/eval/common.py), e.g.
+    # c.evals.shape = {"type": "zeroshot", "dataset": "clip_synthetic", "task": "shape"}.
+    c.evals = ml_collections.ConfigDict()
     return c
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raise ValueError naming the first unknown or invalid field."""
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """The `key=value,...` argument of a config file (`--config configs/x.py:res=64,loss=sigmoid`), over
+    `defaults`: big_vision's idiom, which lets one config file serve a family of runs (and a sweep).
+
+    Each value is read as its default's type: bools from true/false/1/0, numbers, tuples and lists as
+    Python literals; strings as written. A key without a default is an error naming it. Commas inside
+    brackets or quotes do not split.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in _split_top_level(arg or ""):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in defaults:
+            raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(defaults)}")
+        out[key] = _parse_value(text.strip(), defaults[key], key)
+    return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item for item in items if item.strip()]
+
+
+def _parse_value(text: str, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config argument {key}={text!r}: expected true or false")
+    if isinstance(default, str) or default is None:
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"config argument {key}={text!r} is not a {type(default).__name__}") from e
+    if isinstance(default, float) and isinstance(value, int):
+        value = float(value)
+    if isinstance(default, (tuple, list)) and isinstance(value, (tuple, list)):
+        value = type(default)(value)
+    if not isinstance(value, type(default)):
+        raise ValueError(f"config argument {key}={text!r} is not a {type(default).__name__}")
+    return value
+
+
+def validate_config(config: ml_collections.ConfigDict) -> CLIPConfig:
+    """The model's config, once every field is checked; ValueError naming the first unknown or invalid one."""
+    if "eval" in config:
+        raise ValueError("config.eval.zeroshot is now config.evals.<name> = {'type': 'zeroshot', ...}")
     _check_fields(config, default_config(), "config")
     if config.loss not in LOSSES:
         raise ValueError(f"config.loss={config.loss!r}; choose from {LOSSES}")
@@ -84,9 +147,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= config.patch_dropout < 1.0:
         raise ValueError(f"config.patch_dropout must be in [0, 1), got {config.patch_dropout}")
     _check_optimizer(config)
+    from clip_jax.eval.common import check_evals_config
+
+    check_evals_config(config.evals)
     model_cfg = resolve_model_config(config.model)
     if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
         raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
+    return model_cfg
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:
@@ -117,7 +184,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
 
 
 # Sections whose sub-fields belong to other modules (data sources, evaluators) and are checked there.
-_OPEN_SECTIONS = ("data", "eval", "model")
+_OPEN_SECTIONS = ("data", "evals", "model")
 
 
 def _check_fields(config: Any, schema: Any, where: str) -> None:
@@ -142,6 +209,7 @@ def resolve_model_config(model: Any) -> CLIPConfig:
     if isinstance(model, ml_collections.ConfigDict):
         model = model.to_dict()
     if isinstance(model, dict):
+        model = dict(model)
         base = model.pop("base", None)
         if base is not None:
             merged = get_model_config(base).to_dict()

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from clip_jax.losses import contrastive_loss
 from clip_jax.models.clip import CLIP, l2_normalize
+from clip_jax.train.losses import contrastive_loss
 
 # OpenAI clamps the learned temperature so that exp(logit_scale) <= 100.
 MAX_LOG_SCALE = math.log(100.0)
