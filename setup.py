@@ -19,6 +19,7 @@ CORE = [
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
     "absl-py>=2.1",
+    "submitit>=1.5.4,<2",  # clip_jax.sweep: local and Slurm executors
 ]
 
 TEST = [
