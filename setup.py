@@ -20,6 +20,7 @@ CORE = [
     "matplotlib>=3.8",
     "absl-py>=2.1",
     "submitit>=1.5.4,<2",  # clip_jax.sweep: local and Slurm executors
+    "braceexpand>=0.1.7",  # webdataset shard lists ("{00000..00099}.tar"), expanded as open_clip does
 ]
 
 TEST = [
@@ -33,6 +34,10 @@ TEST = [
     "torchvision==0.29.1",
     "open_clip_torch>=3.0",
     "transformers>=4.45",
+    # open_clip's webdataset loader, the input-pipeline benchmark's reference (open_clip_train.data imports
+    # pandas at module level).
+    "webdataset==1.0.2",
+    "pandas>=2",
 ]
 
 setup(
