@@ -9,7 +9,9 @@ premultiplied alpha and palette images with nearest neighbour, exactly as the pr
 
 The tf.data path imports tensorflow inside the functions only, so model code that imports this module never
 pulls tensorflow in. tf.image's antialiased bicubic differs slightly from PIL's fixed-point bicubic; the
-measured gap is in docs/preprocessing.md.
+measured gap is in docs/preprocessing.md, and its bounds (asserted by the tests) in `TF_EVAL_GAP`. The
+evaluation pipelines use the PIL path by default (`preprocess_encoded` inside tf.data), so their batches
+equal open_clip's; the tf.data transform is their opt-in fast path.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
+
+# |tf eval path - open_clip's preprocess| after normalisation, bounded over RGB and grayscale photos at 224
+# and 336 (the tests assert these bounds; docs/preprocessing.md has the measured table). Palette and RGBA
+# files differ more: PIL resizes them in their own mode, tf.image after converting to RGB.
+TF_EVAL_GAP = {
+    "max_abs": 0.15,
+    "mean_abs": 0.005,
+    "applies_to": "RGB and grayscale photos; palette (P) and RGBA files differ by up to ~3.7",
+    "source": "docs/preprocessing.md",
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,6 +103,19 @@ def preprocess_image(image: ImageLike, image_size: int = 224) -> np.ndarray:
         pil = pil.convert("RGB")
     pixels = np.asarray(pil, dtype=np.float32) / np.float32(255.0)
     return (pixels - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
+
+
+def preprocess_encoded(data: bytes, image_size: int = 224) -> np.ndarray:
+    """`preprocess_image` of encoded image bytes (JPEG, PNG, ... in any PIL mode), decoded by PIL as
+    open_clip's loaders decode files: what the exact evaluation pipelines run inside tf.data."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode image ({len(data)} bytes): {e}") from e
+    return preprocess_image(image, image_size)
 
 
 def preprocess_batch(images: Sequence[ImageLike], image_size: int = 224) -> np.ndarray:

@@ -25,6 +25,7 @@ except ImportError:
 from clip_jax.preprocess import (
     OPENAI_MEAN,
     OPENAI_STD,
+    TF_EVAL_GAP,
     _tf_random_resized_crop_box,
     load_image,
     preprocess_batch,
@@ -36,9 +37,10 @@ from clip_jax.preprocess import (
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "preprocessing.md"
 
-# Documented bounds (docs/preprocessing.md) on |tf_eval_transform - preprocess_image| after normalisation.
-TF_MAX_ABS_BOUND = 0.15
-TF_MEAN_ABS_BOUND = 0.005
+# Documented bounds (docs/preprocessing.md; what results records of the tf path state) on
+# |tf_eval_transform - preprocess_image| after normalisation.
+TF_MAX_ABS_BOUND = TF_EVAL_GAP["max_abs"]
+TF_MEAN_ABS_BOUND = TF_EVAL_GAP["mean_abs"]
 # RGBA goes through PIL's 8-bit premultiplied alpha, where one level of difference at alpha 1 becomes 255
 # levels after unpremultiplying: only the mean is bounded there.
 TF_RGBA_MEAN_ABS_BOUND = 0.01

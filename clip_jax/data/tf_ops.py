@@ -34,3 +34,40 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+EVAL_PREPROCESS = ("pil", "tf")
+
+
+def decode_image_like_pil(encoded: tf.Tensor) -> tf.Tensor:
+    """`decode_image`, with JPEGs decoded by libjpeg's accurate integer DCT, as PIL decodes them.
+
+    TF's default JPEG DCT is the fast one: up to 8 levels off PIL's pixels, which five times the mean
+    gap of the tf eval path to open_clip's preprocess (measured in docs/preprocessing.md).
+    """
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: decode_image(encoded),
+    )
+
+
+def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str = "pil") -> tf.Tensor:
+    """Encoded image bytes -> float32 [S, S, 3], OpenAI's eval transform.
+
+    "pil": PIL decodes and transforms (`clip_jax.preprocess.preprocess_encoded` in a tf.numpy_function),
+    bit-equal with open_clip's preprocess for every PIL mode (L, P, RGBA, CMYK JPEG, ...); parallel map
+    calls overlap, as PIL releases the GIL while it decodes and resizes. "tf": tf.image decoding and
+    `tf_eval_transform`, faster, within `clip_jax.preprocess.TF_EVAL_GAP` of it.
+    """
+    from clip_jax.preprocess import preprocess_encoded, tf_eval_transform
+
+    if preprocess == "tf":
+        return tf_eval_transform(decode_image_like_pil(encoded), image_size)
+    if preprocess != "pil":
+        raise ValueError(f"preprocess={preprocess!r}; choose from {EVAL_PREPROCESS}")
+    image = tf.numpy_function(
+        lambda data: preprocess_encoded(bytes(data), image_size), [encoded], tf.float32, stateful=False
+    )
+    image.set_shape([image_size, image_size, 3])
+    return image

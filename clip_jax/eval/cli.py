@@ -60,6 +60,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-batches", type=int, default=None, help="stop after this many batches (smoke tests)"
     )
+    parser.add_argument(
+        "--preprocess",
+        choices=("pil", "tf"),
+        default="pil",
+        help="pil: batches bit-equal with open_clip's preprocess (default); tf: faster tf.image path, "
+        "within the gap the record states",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the CLIP_benchmark record(s)")
 
@@ -126,6 +133,7 @@ def data_fields(args: argparse.Namespace) -> dict[str, Any]:
         "objectnet_dir": args.objectnet_dir,
         "batch_size": args.batch_size,
         "max_batches": args.max_batches,
+        "preprocess": getattr(args, "preprocess", "pil"),
     }
 
 
@@ -149,7 +157,8 @@ def add_template_arg(parser: argparse.ArgumentParser) -> None:
 def write_result(
     args: argparse.Namespace, ident: ModelIdent, dataset: str, task: str, metrics: dict, **extra: Any
 ) -> dict:
-    """Make the record, write it to --output (process 0) and print it."""
+    """Make the record (with the input pipeline it used), write it to --output (process 0) and print it."""
+    extra = {"preprocess": results.preprocess_note(getattr(args, "preprocess", "pil"))} | extra
     record = results.make_record(dataset, ident.model, ident.pretrained, task, metrics, **extra)
     if jax.process_index() == 0:
         if args.output:

@@ -26,7 +26,7 @@ def eval_dataset(
     """
     spec = metadata.get_dataset(dataset or data.dataset)
     split = split or data.split or spec.split
-    if spec.head == "objectnet":
+    if spec.head == "objectnet":  # read with PIL whatever `data.preprocess` says
         from clip_jax.data.objectnet import objectnet_dataset
 
         if not data.objectnet_dir:
@@ -46,6 +46,7 @@ def eval_dataset(
         label_key=metadata.label_feature(spec, data.task),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        preprocess=data.preprocess,
     )
 
 
@@ -64,5 +65,6 @@ def retrieval_dataset(
         data_dir=data.data_dir,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        preprocess=data.preprocess,
         **kwargs,
     )

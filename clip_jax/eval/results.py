@@ -19,6 +19,16 @@ from typing import Any
 TASKS = ("zeroshot_classification", "linear_probe", "zeroshot_retrieval")
 
 
+def preprocess_note(preprocess: str) -> dict[str, Any]:
+    """What a record says about its input pipeline: exact (PIL, open_clip's preprocess bit for bit), or
+    the tf.image fast path with the bounds of its gap to it."""
+    if preprocess == "pil":
+        return {"name": "pil", "exact": True}
+    from clip_jax.preprocess import TF_EVAL_GAP
+
+    return {"name": preprocess, "exact": False, "gap_vs_open_clip": dict(TF_EVAL_GAP)}
+
+
 def make_record(
     dataset: str, model: str, pretrained: str, task: str, metrics: Mapping[str, Any], **extra: Any
 ) -> dict[str, Any]:
