@@ -15,6 +15,9 @@ import numpy as np
 HERE = Path(__file__).parent
 # The CLIP paper's and other published accuracies, with their sources (SOURCES.md).
 PUBLISHED_NUMBERS = HERE / "published_clip_numbers.json"
+# ImageNet models' accuracies on ImageNet and its shifts (Taori et al. 2020's testbed): the points that
+# the effective-robustness baselines are fitted on (clip_jax.eval.robustness; SOURCES.md).
+TESTBED_POINTS = HERE / "imagenet_testbed_points.json"
 
 
 @functools.cache
