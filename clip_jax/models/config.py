@@ -118,6 +118,34 @@ class CLIPConfig:
             init_logit_bias=cfg.get("init_logit_bias"),
         )
 
+    def to_open_clip(self) -> dict[str, Any]:
+        """The open_clip `model_configs/*.json` dict of this config (`from_open_clip`'s inverse), which
+        `open_clip.CLIP(**cfg)` builds and open_clip's factory reads from `open_clip_config.json`."""
+        v, t = self.vision, self.text
+        out: dict[str, Any] = {
+            "embed_dim": self.embed_dim,
+            "quick_gelu": self.quick_gelu,
+            "vision_cfg": {
+                "image_size": v.image_size,
+                "patch_size": v.patch_size,
+                "width": v.width,
+                "layers": v.layers,
+                "head_width": v.head_width,
+                "mlp_ratio": v.mlp_ratio,
+            },
+            "text_cfg": {
+                "context_length": t.context_length,
+                "vocab_size": t.vocab_size,
+                "width": t.width,
+                "heads": t.heads,
+                "layers": t.layers,
+                "mlp_ratio": t.mlp_ratio,
+            },
+        }
+        if self.init_logit_bias is not None:
+            out["init_logit_bias"] = self.init_logit_bias
+        return out
+
 
 # open_clip config keys clip_jax reads: _ANY when translated (or inert, such as output_tokens), else the
 # tuple of values (open_clip's defaults) that describe the plain CLIP tower clip_jax builds.

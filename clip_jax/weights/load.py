@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -164,7 +165,9 @@ def load_pretrained(
 
 
 def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> Path:
-    """Write `params` as an open_clip-format `.safetensors` that `open_clip`'s model.load_state_dict accepts."""
+    """Write `params` as an open_clip-format `.safetensors` that `open_clip`'s model.load_state_dict accepts,
+    and the model's config beside it as `open_clip_config.json` ({"model_cfg": ...}, open_clip's layout),
+    so that open_clip (`open_clip.CLIP(**cfg["model_cfg"])`) and clip_jax rebuild the same model."""
     from safetensors.numpy import save_file
 
     params = jax.tree.map(np.asarray, unstack_layers(params))
@@ -177,6 +180,8 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
+    config = {"model_cfg": cfg.to_open_clip()}
+    (path.parent / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 
