@@ -31,6 +31,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("joint", None),
     ("layers", None),
+    # a ResNet's conv output channels and BatchNorm vectors: sharded like `embed` (ZeRO-3)
+    ("channels", "fsdp"),
     # activations
     ("act_batch", BATCH_AXES),
     ("act_len", None),

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import CLIPConfig
+from clip_jax.models.resnet import ModifiedResNet
 from clip_jax.models.text import TextTransformer
 from clip_jax.models.vit import VisionTransformer
 
@@ -46,7 +47,7 @@ class CLIP(nn.Module):
             remat_policy=self.remat_policy,
             attention_impl=self.attention_impl,
         )
-        self.visual = VisionTransformer(self.cfg.vision, patch_dropout=self.patch_dropout, **kw)
+        self.visual = image_tower(self.cfg, patch_dropout=self.patch_dropout, **kw)
         self.text = TextTransformer(self.cfg.text, **kw)
         self.logit_scale = self.param("logit_scale", _scalar_init(math.log(1 / 0.07)), (), jnp.float32)
         if self.cfg.init_logit_bias is not None:
@@ -67,6 +68,21 @@ class CLIP(nn.Module):
         if self.cfg.init_logit_bias is not None:
             out = out + (self.logit_bias,)
         return out
+
+
+def image_tower(cfg: CLIPConfig, **kw: Any) -> nn.Module:
+    """The image tower `cfg.vision` describes, a ViT or a ModifiedResNet: both map images [B, H, W, 3] to
+    features [B, embed_dim] with `__call__(images, train=False)`.
+
+    `kw` are the CLIP model's settings; those that a ResNet has no use for (the activation, attention
+    kernel, scan over layers, patch dropout: it has no transformer layers or patches) are dropped for it.
+    """
+    if not cfg.vision.resnet:
+        return VisionTransformer(cfg.vision, **kw)
+    if kw.get("patch_dropout"):
+        raise ValueError("patch_dropout needs a ViT image tower; a ResNet has no patches")
+    kw = {k: v for k, v in kw.items() if k in ("embed_dim", "dtype", "param_dtype", "remat_policy")}
+    return ModifiedResNet(cfg.vision, **kw)
 
 
 def _scalar_init(value: float):
@@ -90,8 +106,9 @@ def init_params(model: CLIP, rng: jax.Array) -> dict:
 def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
     """Random params for smoke tests, drawn with numpy in the shapes of `init_params`.
 
-    Not CLIP's initialisation (LayerNorm scales are 1, biases 0, everything else N(0, std^2)), but built
-    without compiling the model's init, which takes a minute on a small CPU even for the tiny model.
+    Not CLIP's initialisation (LayerNorm and BatchNorm scales are 1, biases 0, BatchNorm running means 0
+    and variances 1, everything else N(0, std^2)), but built without compiling the model's init, which
+    takes a minute on a small CPU even for the tiny model.
     """
     import numpy as np
 
@@ -100,8 +117,10 @@ def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
 
     def draw(path, leaf):
         name = jax.tree_util.keystr(path)
-        if name.endswith("['scale']"):
+        if name.endswith(("['scale']", "['running_var']")):
             return np.ones(leaf.shape, leaf.dtype)
+        if name.endswith("['running_mean']"):
+            return np.zeros(leaf.shape, leaf.dtype)
         if name.endswith("['bias']"):
             return np.zeros(leaf.shape, leaf.dtype)
         if name.endswith("['logit_scale']"):

@@ -10,23 +10,51 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+# A ModifiedResNet's feature map is 1/32 of the image (stride-2 stem conv, stem pool, 3 strided stages).
+RESNET_STRIDE = 32
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
+    """A ViT image tower, or with `layers` a tuple of 4 block counts (as open_clip's vision_cfg has it) an
+    OpenAI ModifiedResNet: `width` is then its stem width and `patch_size` is unused (None)."""
+
     image_size: int = 224
-    patch_size: int = 32
+    patch_size: int | None = 32
     width: int = 768
-    layers: int = 12
+    layers: int | tuple[int, ...] = 12
     head_width: int = 64
     mlp_ratio: float = 4.0
 
+    def __post_init__(self) -> None:
+        # JSON and open_clip give lists; a tuple keeps the config hashable (it keys cached shapes).
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if self.resnet:
+            if len(self.layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in self.layers):
+                raise ValueError(f"a ResNet tower has 4 stages of >= 1 blocks, got layers={self.layers}")
+            # Unused by a ResNet: one value, so that equal towers compare (and hash) equal.
+            object.__setattr__(self, "patch_size", None)
+        elif self.patch_size is None:
+            raise ValueError("a ViT tower needs a patch_size (only a ResNet, layers a tuple, has none)")
+
+    @property
+    def resnet(self) -> bool:
+        """True for a ModifiedResNet tower (layers per stage), False for a ViT."""
+        return isinstance(self.layers, tuple)
+
+    @property
+    def feature_width(self) -> int:
+        """Width of the tokens the tower attends over: the ViT's width, the ResNet's last stage (32x stem)."""
+        return self.width * 32 if self.resnet else self.width
+
     @property
     def heads(self) -> int:
-        return self.width // self.head_width
+        return self.feature_width // self.head_width
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        return self.image_size // (RESNET_STRIDE if self.resnet else self.patch_size)
 
     @property
     def mlp_width(self) -> int:
@@ -88,17 +116,15 @@ class CLIPConfig:
         """
         _check_open_clip_options(cfg, _OPEN_CLIP_TOP, "open_clip config")
         v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
-        if isinstance(v.get("layers"), (list, tuple)):
-            raise ValueError(
-                f"open_clip vision_cfg.layers = {v['layers']}: ResNet image towers are not supported"
-            )
         _check_open_clip_options(v, _OPEN_CLIP_VISION, "open_clip vision_cfg")
         _check_open_clip_options(t, _OPEN_CLIP_TEXT, "open_clip text_cfg")
+        layers = v.get("layers", 12)
+        resnet = isinstance(layers, (list, tuple))  # open_clip builds a ModifiedResNet for these
         vision = VisionConfig(
             image_size=_as_int(v.get("image_size", 224)),
-            patch_size=_as_int(v.get("patch_size", 16)),
+            patch_size=None if resnet else _as_int(v.get("patch_size", 16)),
             width=v.get("width", 768),
-            layers=v.get("layers", 12),
+            layers=tuple(layers) if resnet else layers,
             head_width=v.get("head_width", 64),
             mlp_ratio=v.get("mlp_ratio", 4.0),
         )
@@ -129,7 +155,8 @@ class CLIPConfig:
                 "image_size": v.image_size,
                 "patch_size": v.patch_size,
                 "width": v.width,
-                "layers": v.layers,
+                # A list, as open_clip's json files have it (open_clip builds a ResNet for a list).
+                "layers": list(v.layers) if v.resnet else v.layers,
                 "head_width": v.head_width,
                 "mlp_ratio": v.mlp_ratio,
             },
@@ -243,6 +270,7 @@ _TEXT_L = TextConfig(width=768, heads=12, layers=12)
 _TEXT_H = TextConfig(width=1024, heads=16, layers=24)
 _TEXT_BIGG = TextConfig(width=1280, heads=20, layers=32)
 _TEXT_E = TextConfig(width=1280, heads=20, layers=36)
+_TEXT_RN50X64 = TextConfig(width=1024, heads=16, layers=12)
 # The ViT-H/-g/-bigG/-e image towers have heads wider than OpenAI's 64, which their weights do not show:
 # `clip_jax.weights.infer_config` takes heads from this table (matched by shapes), never from a guess.
 _V_H = dict(width=1280, layers=32, head_width=80)
@@ -276,10 +304,22 @@ _BASE_CONFIGS: dict[str, CLIPConfig] = {
         1280, VisionConfig(224, 14, 1664, 48, head_width=104, mlp_ratio=4.9231), _TEXT_BIGG
     ),
     "ViT-e-14": CLIPConfig(1280, VisionConfig(224, 14, 1792, 56, head_width=112, mlp_ratio=8.5715), _TEXT_E),
+    # OpenAI's ModifiedResNets (their released weights use QuickGELU in the text tower: the -quickgelu names).
+    "RN50": CLIPConfig(1024, VisionConfig(224, None, 64, (3, 4, 6, 3)), _TEXT_B),
+    "RN101": CLIPConfig(512, VisionConfig(224, None, 64, (3, 4, 23, 3)), _TEXT_B),
+    "RN50x4": CLIPConfig(640, VisionConfig(288, None, 80, (4, 6, 10, 6)), _TEXT_PLUS),
+    "RN50x16": CLIPConfig(768, VisionConfig(384, None, 96, (6, 8, 18, 8)), _TEXT_L),
+    "RN50x64": CLIPConfig(1024, VisionConfig(448, None, 128, (3, 15, 36, 10)), _TEXT_RN50X64),
     # Small models for tests and the synthetic-data main job; not open_clip configs.
     "tiny": CLIPConfig(
         64,
         VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+        TextConfig(context_length=77, width=64, heads=2, layers=2),
+    ),
+    # A ModifiedResNet with one identity block (stage 2); 64 px images give the attention pool a 2x2 map.
+    "tiny-rn": CLIPConfig(
+        64,
+        VisionConfig(image_size=64, patch_size=None, width=16, layers=(1, 2, 1, 1)),
         TextConfig(context_length=77, width=64, heads=2, layers=2),
     ),
 }
@@ -291,7 +331,7 @@ for _name, _cfg in _BASE_CONFIGS.items():
 
 
 def get_model_config(name: str) -> CLIPConfig:
-    """Named config, e.g. 'ViT-B-32' or 'ViT-B-32-quickgelu' (the form of OpenAI's weights)."""
+    """Named config, e.g. 'ViT-B-32' or 'ViT-B-32-quickgelu', 'RN50-quickgelu' (the form of OpenAI's weights)."""
     try:
         return MODEL_CONFIGS[name]
     except KeyError:

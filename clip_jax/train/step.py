@@ -7,6 +7,15 @@ Gradient accumulation is exact for contrastive losses (as open_clip's `accum_fre
 every micro-batch are computed first without gradients, the loss over the whole batch gives the
 cotangents of all features, and each micro-batch is then re-run under `jax.vjp` with its slice of those
 cotangents. The summed parameter gradients equal those of one step on the k-times larger batch.
+
+BatchNorm (ResNet towers): its running statistics are leaves of the params tree (see
+`clip_jax.models.resnet`), so they live in the TrainState and its checkpoints like any parameter. The
+forward pass normalises with the batch's statistics (under jit on the mesh: the global batch's, as one
+device would compute them) and returns the updated running statistics; the step writes them into the
+params after the optimizer update, so the optimizer never changes them (their gradients are zero).
+With micro-batches each micro-batch updates them in turn, as k steps of torch's BatchNorm would, and the
+features of a micro-batch are normalised by its own statistics (BatchNorm couples a batch's rows, so
+accumulation is exact for a ResNet only up to that).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import optax
 from jax.sharding import Mesh
 
 from clip_jax.models.clip import CLIP, l2_normalize
+from clip_jax.models.resnet import BATCH_STATS, batch_stats_of, merge_batch_stats
 from clip_jax.train.losses import contrastive_loss
 
 # OpenAI clamps the learned temperature so that exp(logit_scale) <= 100.
@@ -73,18 +83,33 @@ def make_loss_and_grads(
     the result equals the one-pass value up to float rounding. With a mesh the loss is the sharded one
     that never builds the global B x B logits on one device.
     """
+    f = make_loss_grads_and_stats(model, loss=loss, mesh=mesh, batch_axes=batch_axes, accum_steps=accum_steps)
+    return lambda params, batch, rng: f(params, batch, rng)[:2]
+
+
+def make_loss_grads_and_stats(
+    model: CLIP,
+    *,
+    loss: str = "softmax",
+    mesh: Mesh | None = None,
+    batch_axes: Sequence[str] = ("data", "fsdp"),
+    accum_steps: int = 1,
+) -> Callable[[Any, Batch, jax.Array], tuple[jax.Array, Any, dict]]:
+    """`make_loss_and_grads`, whose f also returns the BatchNorm running statistics updated by the batch
+    (a tree in the params' nesting, {} for a model without BatchNorm)."""
     has_bias = model.cfg.init_logit_bias is not None
 
     def features(params: Any, images: jax.Array, tokens: jax.Array, rng: jax.Array):
-        img, txt = model.apply(
+        (img, txt), updated = model.apply(
             {"params": params},
             images,
             tokens,
             train=True,
             rngs={"dropout": rng},
             method=_encode_both,
+            mutable=[BATCH_STATS],
         )
-        return l2_normalize(img), l2_normalize(txt)
+        return (l2_normalize(img), l2_normalize(txt)), dict(updated.get(BATCH_STATS, {}))
 
     def loss_from(img, txt, log_scale, bias):
         return contrastive_loss(
@@ -93,20 +118,23 @@ def make_loss_and_grads(
 
     def full_batch_grads(params, batch, rng):
         def loss_fn(p):
-            img, txt = features(p, batch["image"], batch["text"], rng)
-            return loss_from(img, txt, p["logit_scale"], p.get("logit_bias"))
+            (img, txt), stats = features(p, batch["image"], batch["text"], rng)
+            return loss_from(img, txt, p["logit_scale"], p.get("logit_bias")), stats
 
-        return jax.value_and_grad(loss_fn)(params)
+        (loss_value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss_value, grads, stats
 
     def accumulated_grads(params, batch, rng):
         micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
         rngs = jax.random.split(rng, accum_steps)
 
-        def fwd(_, xs):
+        def fwd(stats, xs):
+            # Each micro-batch's BatchNorm update starts from the previous one's running statistics.
             mb, r = xs
-            return None, features(params, mb["image"], mb["text"], r)
+            out, stats = features(merge_batch_stats(params, stats), mb["image"], mb["text"], r)
+            return stats, out
 
-        _, (img, txt) = jax.lax.scan(fwd, None, (micro, rngs))
+        stats, (img, txt) = jax.lax.scan(fwd, batch_stats_of(params), (micro, rngs))
         flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
         direct = {"logit_scale": params["logit_scale"]}
         if has_bias:
@@ -121,7 +149,7 @@ def make_loss_and_grads(
 
         def bwd(acc, xs):
             mb, r, gi, gt = xs
-            _, vjp = jax.vjp(lambda p: features(p, mb["image"], mb["text"], r), params)
+            _, vjp = jax.vjp(lambda p: features(p, mb["image"], mb["text"], r)[0], params)
             (g,) = vjp((gi, gt))
             return jax.tree.map(jnp.add, acc, g), None
 
@@ -130,7 +158,7 @@ def make_loss_and_grads(
         grads = dict(grads)
         for k, g in d_direct.items():
             grads[k] = grads[k] + g
-        return loss_value, grads
+        return loss_value, grads, stats
 
     return accumulated_grads if accum_steps > 1 else full_batch_grads
 
@@ -151,17 +179,18 @@ def make_train_step(
     or infinite (loss, gradient norm, updated parameters): one fused check that the trainer reads with
     the loss, so a bad step never reaches a checkpoint.
     """
-    loss_and_grads = make_loss_and_grads(
+    loss_and_grads = make_loss_grads_and_stats(
         model, loss=loss, mesh=mesh, batch_axes=batch_axes, accum_steps=accum_steps
     )
     has_bias = model.cfg.init_logit_bias is not None
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        loss_value, grads = loss_and_grads(state.params, batch, rng)
+        loss_value, grads, batch_stats = loss_and_grads(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        params = dict(params)
+        # The running statistics are the batch's, whatever the optimizer (weight decay) made of them.
+        params = merge_batch_stats(params, batch_stats)
         params["logit_scale"] = jnp.clip(params["logit_scale"], 0.0, MAX_LOG_SCALE)
         grad_norm = optax.global_norm(grads)
         params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))

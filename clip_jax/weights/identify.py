@@ -8,8 +8,18 @@ from pathlib import Path
 from clip_jax.models.config import get_model_config
 from clip_jax.weights import infer, load, open_clip, readers
 
-# OpenAI's released CLIP models that clip_jax builds (their ResNets it does not), as named configs.
-OPENAI_MODELS = ("ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu")
+# OpenAI's released CLIP models, as named configs.
+OPENAI_MODELS = (
+    "RN50-quickgelu",
+    "RN101-quickgelu",
+    "RN50x4-quickgelu",
+    "RN50x16-quickgelu",
+    "RN50x64-quickgelu",
+    "ViT-B-32-quickgelu",
+    "ViT-B-16-quickgelu",
+    "ViT-L-14-quickgelu",
+    "ViT-L-14-336-quickgelu",
+)
 
 
 def openai_model_name(path: str | os.PathLike) -> str | None:

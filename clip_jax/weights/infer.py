@@ -38,16 +38,25 @@ def _get(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
     return tuple(state_dict[key].shape)
 
 
-def shape_signature(cfg: CLIPConfig) -> dict[str, int]:
-    """Everything about `cfg` that its parameter shapes determine (all but heads and activation)."""
+def shape_signature(cfg: CLIPConfig) -> dict[str, Any]:
+    """Everything about `cfg` that its parameter shapes determine (all but heads and activation).
+
+    A ResNet tower's signature has its own keys (blocks per stage, stem width), so it never equals a ViT's.
+    """
     v, t = cfg.vision, cfg.text
+    if v.resnet:
+        vision = {"vision.stage_blocks": v.layers, "vision.width": v.width, "vision.grid_size": v.grid_size}
+    else:
+        vision = {
+            "vision.patch_size": v.patch_size,
+            "vision.grid_size": v.grid_size,
+            "vision.width": v.width,
+            "vision.layers": v.layers,
+            "vision.mlp_width": v.mlp_width,
+        }
     return {
         "embed_dim": cfg.embed_dim,
-        "vision.patch_size": v.patch_size,
-        "vision.grid_size": v.grid_size,
-        "vision.width": v.width,
-        "vision.layers": v.layers,
-        "vision.mlp_width": v.mlp_width,
+        **vision,
         "text.context_length": t.context_length,
         "text.vocab_size": t.vocab_size,
         "text.width": t.width,
@@ -56,20 +65,44 @@ def shape_signature(cfg: CLIPConfig) -> dict[str, int]:
     }
 
 
-def _signature_of(state_dict: Mapping[str, Any]) -> dict[str, int]:
-    width, _, patch, _ = _get(state_dict, "visual.conv1.weight")
-    num_pos = _get(state_dict, "visual.positional_embedding")[0]
+def _grid(state_dict: Mapping[str, Any], key: str) -> int:
+    num_pos = _get(state_dict, key)[0]
     grid = math.isqrt(num_pos - 1)
     if grid * grid != num_pos - 1:
-        raise ValueError(f"visual.positional_embedding has {num_pos - 1} patch positions, not a square grid")
+        raise ValueError(f"{key} has {num_pos - 1} positions, not a square grid")
+    return grid
+
+
+def _stage_blocks(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
+    """Bottleneck blocks per stage of a ResNet tower: 1 + the largest index of visual.layer{1-4}.{i}."""
+    pat = re.compile(r"visual\.layer([1-4])\.(\d+)\.")
+    counts = [0] * 4
+    for k in state_dict:
+        if m := pat.match(k):
+            counts[int(m.group(1)) - 1] = max(counts[int(m.group(1)) - 1], int(m.group(2)) + 1)
+    return tuple(counts)
+
+
+def _signature_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    if "visual.attnpool.positional_embedding" in state_dict:  # a ModifiedResNet (open_clip's names)
+        vision = {
+            "vision.stage_blocks": _stage_blocks(state_dict),
+            "vision.width": _get(state_dict, "visual.conv3.weight")[0],  # the stem's output channels
+            "vision.grid_size": _grid(state_dict, "visual.attnpool.positional_embedding"),
+        }
+    else:
+        width, _, patch, _ = _get(state_dict, "visual.conv1.weight")
+        vision = {
+            "vision.patch_size": patch,
+            "vision.grid_size": _grid(state_dict, "visual.positional_embedding"),
+            "vision.width": width,
+            "vision.layers": _layers(state_dict, "visual."),
+            "vision.mlp_width": _get(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+        }
     context_length, t_width = _get(state_dict, "positional_embedding")
     return {
         "embed_dim": _get(state_dict, "text_projection")[-1],
-        "vision.patch_size": patch,
-        "vision.grid_size": grid,
-        "vision.width": width,
-        "vision.layers": _layers(state_dict, "visual."),
-        "vision.mlp_width": _get(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+        **vision,
         "text.context_length": context_length,
         "text.vocab_size": _get(state_dict, "token_embedding.weight")[0],
         "text.width": t_width,

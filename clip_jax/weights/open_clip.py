@@ -9,13 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from clip_jax.models.resnet import is_batch_stat
+
 # Keys that are buffers or hyperparameters in some checkpoints, never weights.
 IGNORED_KEYS = ("attn_mask", "visual.attn_mask")
+# BatchNorm2d's batch counter (a ResNet's): torch reads it only with momentum=None, which OpenAI's and
+# open_clip's ResNets do not use, so it is skipped on import and written as 0 on export (which torch's
+# strict load_state_dict needs).
+BN_COUNTER = "num_batches_tracked"
+
+
+def is_ignored(key: str) -> bool:
+    """True for a state-dict key that holds no weight clip_jax reads (buffers, hyperparameters)."""
+    return key in IGNORED_KEYS or key.rsplit(".", 1)[-1] == BN_COUNTER
+
 
 # Problems listed in one error message; the count of the rest follows.
 _MAX_SHOWN = 20
@@ -76,7 +89,7 @@ def _entry(path: tuple[str, ...]) -> Entry:
     *mods, leaf = parts
     parent = mods[-1] if mods else ""
     kind = "copy"
-    if parent == "conv1":
+    if _CONV.fullmatch(parent):  # the ViT's patch conv1; a ResNet's convs
         kind = "conv"
     elif parent == "qkv":
         kind = "qkv" if leaf == "kernel" else "qkv_bias"
@@ -86,8 +99,8 @@ def _entry(path: tuple[str, ...]) -> Entry:
         kind = "linear"
     names = []
     for m in mods:
-        if m.startswith("resblocks_"):
-            names += ["resblocks", m[len("resblocks_") :]]
+        if indexed := _INDEXED.fullmatch(m):  # resblocks_3 -> resblocks.3, layer2_0 -> layer2.0
+            names += list(indexed.groups())
         else:
             names.append({"qkv": "in_proj", "out": "out_proj"}.get(m, m))
     tail = {"scale": "weight", "kernel": "weight", "embedding": "weight"}.get(leaf, leaf)
@@ -95,6 +108,12 @@ def _entry(path: tuple[str, ...]) -> Entry:
         names[-1] = f"in_proj_{tail}"
         return Entry(tuple(path), ".".join(names), kind)
     return Entry(tuple(path), ".".join(names + [tail]), kind)
+
+
+# Flax module names of the convolutions (ViT: conv1; ResNet: conv1-3 of the stem and of each Bottleneck,
+# and the downsample branch's conv, torch's `downsample.0`) and of the modules torch keeps in a list.
+_CONV = re.compile(r"conv\d|downsample_0")
+_INDEXED = re.compile(r"(resblocks|layer\d|downsample)_(\d+)")
 
 
 def mapping(param_shapes: Mapping[str, Any]) -> list[Entry]:
@@ -123,7 +142,7 @@ def check_state_dict(
     maps open_clip keys to the checkpoint's own key names (for HF files).
     """
     expected = expected_shapes(param_shapes)
-    found = {k: tuple(v.shape) for k, v in state_dict.items() if k not in IGNORED_KEYS}
+    found = {k: tuple(v.shape) for k, v in state_dict.items() if not is_ignored(k)}
     # Embeddings, norms and projections first: they tell a wrong model apart before any block key does.
     order = lambda keys: sorted(keys, key=lambda k: (".resblocks." in k, k))
     name = lambda k: f"{k} (file key {origin[k]})" if origin and k in origin else k
@@ -169,16 +188,20 @@ def state_dict_to_params(
     for path, leaf in _flatten(param_shapes):
         e = _entry(path)
         value = _LAYOUTS[e.kind][0](np.asarray(state_dict[e.key]), tuple(leaf.shape))
-        _set(params, path, np.asarray(value, dtype=dtype))
+        # BatchNorm's running statistics stay float32 whatever the params' dtype, as the model keeps them.
+        _set(params, path, np.asarray(value, dtype=np.float32 if is_batch_stat(path) else dtype))
     return params
 
 
 def params_to_state_dict(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Per-layer Flax params -> open_clip state dict (numpy, contiguous, the params' dtype)."""
+    """Per-layer Flax params -> open_clip state dict (numpy, contiguous, the params' dtype), with each
+    BatchNorm's `num_batches_tracked` (0, see BN_COUNTER) so that torch loads it strictly."""
     out = {}
     for path, leaf in _flatten(params):
         e = _entry(path)
         out[e.key] = np.asarray(_LAYOUTS[e.kind][1](np.asarray(leaf)), order="C")
+        if path[-1] == "running_var":
+            out[e.key.rsplit(".", 1)[0] + "." + BN_COUNTER] = np.zeros((), np.int64)
     return out
 
 
