@@ -424,7 +424,10 @@ def main(argv: list[str]) -> None:
     initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed_auto
     )
-    train(FLAGS.config, FLAGS.workdir)
+    from clip_jax.sweep.overrides import apply_overrides, cli_overrides
+
+    config = apply_overrides(FLAGS.config, cli_overrides(FLAGS.config, FLAGS.set, FLAGS.drop))
+    train(config, FLAGS.workdir)
 
 
 def _define_flags() -> None:
@@ -432,6 +435,15 @@ def _define_flags() -> None:
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).", lock_config=True)
+    flags.DEFINE_multi_string(
+        "set",
+        [],
+        "FIELD=VALUE for any config field, after --config.*: Python literals (lists, dicts, None) "
+        "or text; a dict replaces a section or adds an entry (evals.NAME={...}).",
+    )
+    flags.DEFINE_multi_string(
+        "drop", [], "Remove a config entry before --set: evals.NAME, or evals.* for all."
+    )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
     flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
