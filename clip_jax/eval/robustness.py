@@ -1,10 +1,27 @@
 """Distribution-shift robustness: zero-shot accuracy on ImageNet and its shifted test sets, their average,
-and an effective-robustness plot (Taori et al. 2020; CLIP paper Fig. 13).
+effective robustness against ImageNet models (Taori et al. 2020), and its plot (CLIP paper Fig. 13).
 
 One ImageNet classifier (1000 classes, 80 templates) scores every set. ImageNet-R and ImageNet-A have 200
 classes each, whose TFDS labels live in the 1000-class space: the head keeps only those 200 outputs.
 ObjectNet (read from a local folder, it is not in TFDS) is scored on its 113 classes that overlap ImageNet,
 each the set of ImageNet classes it maps to, so a prediction of any of them counts.
+
+Effective robustness, as Taori et al. define it and their testbed (modestyachts/imagenet-testbed) computes
+it: for each shift set, a least-squares line of logit(shift top-1) on logit(reference top-1) over ImageNet
+models, and
+
+    ER = shift accuracy - inv_logit(slope * logit(reference accuracy) + intercept)
+
+The reference accuracy is ImageNet top-1, except where the shift set has a class subset: ImageNet-R and
+ImageNet-A (200 classes) and ObjectNet (113) are compared with the ImageNet validation top-1 on their
+classes, with the same head (the testbed's val-on-*-classes). The evaluator scores those from the same
+ImageNet pass. The fit's inputs are metadata/imagenet_testbed_points.json: the testbed's 79 supervised
+"Standard training" models (its results table; ResNet-50 left out for ImageNet-A, which was collected
+against it), on imagenetv2 (matched frequency), imagenet-r, imagenet_sketch, objectnet and imagenet-a, and
+for the average a line of the five-set mean against ImageNet top-1 (the plot's baseline). Fitted lines
+(slope, intercept): imagenetv2 0.911, -0.479; imagenet-r 0.631, -2.089; imagenet_sketch 1.065, -2.362;
+objectnet 0.970, -1.912; imagenet-a 1.977, -7.633; average 1.030, -1.875. The testbed fits ImageNet-A
+piecewise (below and above ResNet-50); this is the single line of the definition.
 
 Library use, for any list of (name, dataset) pairs, the first being the reference distribution:
     report = robustness_eval(model, params, [("test", ds), ("sketch", ds2)], classnames=..., templates=...)
@@ -19,8 +36,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +56,13 @@ from clip_jax.eval.classifier import (
 )
 from clip_jax.eval.common import DataConfig, Evaluator
 from clip_jax.eval.datasets import eval_dataset
-from clip_jax.eval.runtime import Batch, default_mesh
+from clip_jax.eval.runtime import Batch, batch_mask, default_mesh, gather_processes
 from clip_jax.models.clip import CLIP
+
+# The in-distribution set whose accuracy the effective-robustness baselines are fitted against.
+REFERENCE_DATASET = "imagenet1k"
+# Shift sets with a class subset: their baseline's reference is ImageNet scored on their classes.
+SUBSET_SHIFTS = {"imagenet-r": "imagenet_r", "imagenet-a": "imagenet_a", "objectnet": "objectnet"}
 
 
 def default_head(name: str) -> Head:
@@ -49,6 +72,77 @@ def default_head(name: str) -> Head:
     except ValueError:
         return Head()
     return head_for(spec.head)
+
+
+def reference_head(shift: str) -> Head | None:
+    """The head that scores ImageNet (1000-class labels) on a shift set's classes, or None (all classes).
+
+    ImageNet-R/-A: the 200-class head of the shift set itself. ObjectNet: its 113 classes, each the max over
+    the ImageNet classes it maps to, with each of those ImageNet labels mapped to its ObjectNet class (as the
+    testbed's val-on-objectnet-classes)."""
+    subset = SUBSET_SHIFTS.get(shift)
+    if subset is None:
+        return None
+    if subset != "objectnet":
+        return head_for(subset)
+    label_map = np.full(1000, -1, np.int64)
+    for j, c in enumerate(metadata.objectnet_classes()):
+        label_map[c["imagenet_indices"]] = j
+    return Head(groups=head_for("objectnet").groups, label_map=label_map)
+
+
+def _score_heads(
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    dataset: Iterable[Batch],
+    head: Head,
+    extra_heads: Mapping[str, Head],
+    *,
+    max_batches: int | None,
+    progress: str | None,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Metrics of one dataset under `head` and under each of `extra_heads`, from a single pass of the model.
+
+    The logits are kept on the host for the extra heads, only the columns those heads read (ImageNet-R, -A
+    and ObjectNet together read 525 of ImageNet's 1000: about 100 MB for the 50k validation images)."""
+    if not extra_heads:
+        return evaluate_logits(logits_fn, dataset, head, max_batches=max_batches, progress=progress), {}
+    groups = [h.groups for h in extra_heads.values()]
+    cols = None if any(g is None for g in groups) else np.unique(np.concatenate([g.ravel() for g in groups]))
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    pending: list[Batch] = []
+
+    def capped() -> Iterator[Batch]:
+        for i, batch in enumerate(dataset):
+            if max_batches is not None and i >= max_batches:
+                return
+            pending.append(batch)
+            yield batch
+
+    def recording(images: np.ndarray) -> np.ndarray:
+        out = np.asarray(logits_fn(images))
+        batch = pending.pop(0)
+        labels = np.asarray(batch["label"], np.int64)
+        kept.append((out if cols is None else out[:, cols], labels, batch_mask(batch)))
+        return out
+
+    main = evaluate_logits(recording, capped(), head, progress=progress)
+    extra = {}
+    for name, h in extra_heads.items():
+        if cols is not None:
+            h = Head(groups=np.searchsorted(cols, h.groups), label_map=h.label_map)
+        if h.label_map is None:
+            inside = sum(int(m.sum()) for _, _, m in kept)
+        else:
+            inside = sum(
+                int((m & (y >= 0) & (h.label_map[np.clip(y, 0, None)] >= 0)).sum()) for _, y, m in kept
+            )
+        if int(gather_processes(np.array([inside])).sum()) == 0:
+            # No reference image of this subset's classes (only with capped or mock data).
+            extra[name] = {"num_examples": 0}
+            continue
+        batches = ({"image": lg, "label": y, "mask": m} for lg, y, m in kept)
+        extra[name] = evaluate_logits(lambda x: x, batches, h)
+    return main, extra
 
 
 def robustness_eval(
@@ -65,13 +159,20 @@ def robustness_eval(
     mesh: jax.sharding.Mesh | None = None,
     max_batches: int | None = None,
     progress: bool = False,
+    baselines: Mapping[str, LogitFit] | None = None,
 ) -> dict[str, Any]:
-    """Zero-shot metrics on each (name, dataset), with the mean top-1 of the shifted sets.
+    """Zero-shot metrics on each (name, dataset), the mean top-1 of the shifted sets, and their effective
+    robustness where the reference is ImageNet.
 
     `reference` names the in-distribution set (default: the first); every other set counts as a shift.
     Registered names (imagenet-r, imagenet-a, objectnet) get their class-subset heads unless `heads` says
-    otherwise. Returns {"datasets": {name: metrics}, "reference": name, "reference_acc1": ...,
-    "average_shift_acc1": ...}.
+    otherwise. With reference "imagenet1k", the shifts that have a baseline (`baselines`, default the
+    testbed's: `baseline_fits()`) get their effective robustness (fractions, like acc1), the ImageNet pass
+    also scoring the class subsets of the shifts evaluated. Returns {"datasets": {name: metrics},
+    "reference": name, "reference_acc1", "average_shift_acc1", "reference_on_shift_classes": {shift:
+    metrics}, "effective_robustness": {shift: ER}, "average_effective_robustness" (their mean, None unless
+    all are defined), "effective_robustness_of_average" (the shift mean against the "average" baseline, when all five
+    shifts are evaluated)}; ER entries are None where undefined.
     """
     if not datasets:
         raise ValueError("no datasets given")
@@ -86,21 +187,164 @@ def robustness_eval(
     enc = logits_encoder(model, params, mesh)
     clf = jax.numpy.asarray(classifier, jax.numpy.float32)
     reference = reference or datasets[0][0]
-    per_dataset = {}
+    if reference not in [n for n, _ in datasets]:
+        raise ValueError(f"reference {reference!r} is not among the datasets {[n for n, _ in datasets]}")
+    shift_names = [n for n, _ in datasets if n != reference]
+    if reference == REFERENCE_DATASET:
+        baselines = baseline_fits() if baselines is None else baselines
+        ref_heads = {n: reference_head(n) for n in shift_names if n in baselines and n in SUBSET_SHIFTS}
+    else:
+        baselines, ref_heads = {}, {}
+    per_dataset, on_classes = {}, {}
     for name, ds in datasets:
         head = (heads or {}).get(name) or default_head(name)
-        per_dataset[name] = evaluate_logits(
-            lambda x: enc(x, clf), ds, head, max_batches=max_batches, progress=name if progress else None
+        per_dataset[name], extra = _score_heads(
+            lambda x: enc(x, clf),
+            ds,
+            head,
+            ref_heads if name == reference else {},
+            max_batches=max_batches,
+            progress=name if progress else None,
         )
-    if reference not in per_dataset:
-        raise ValueError(f"reference {reference!r} is not among the datasets {list(per_dataset)}")
-    shifts = [m["acc1"] for n, m in per_dataset.items() if n != reference]
-    return {
+        on_classes.update(extra)
+    shifts = [per_dataset[n]["acc1"] for n in shift_names]
+    report = {
         "datasets": per_dataset,
         "reference": reference,
         "reference_acc1": per_dataset[reference]["acc1"],
         "average_shift_acc1": float(np.mean(shifts)) if shifts else None,
+        "reference_on_shift_classes": on_classes,
     }
+    return report | effective_robustness_report(report, baselines)
+
+
+def effective_robustness_report(
+    report: Mapping[str, Any], baselines: Mapping[str, LogitFit]
+) -> dict[str, Any]:
+    """The effective-robustness entries of a robustness report (see `robustness_eval`) from its accuracies."""
+    er: dict[str, float | None] = {}
+    for name, metrics in report["datasets"].items():
+        if name == report["reference"] or name not in baselines:
+            continue
+        x = reference_accuracy(report, name)
+        er[name] = None if x is None else baselines[name].effective_robustness(metrics["acc1"], x)
+    defined = [v for v in er.values() if v is not None]
+    mean_er = float(np.mean(defined)) if defined and len(defined) == len(er) else None
+    of_average = None
+    shifts = set(report["datasets"]) - {report["reference"]}
+    if "average" in baselines and shifts == set(metadata.IMAGENET_SHIFTS):
+        of_average = baselines["average"].effective_robustness(
+            report["average_shift_acc1"], report["reference_acc1"]
+        )
+    return {
+        "effective_robustness": er,
+        "average_effective_robustness": mean_er,
+        "effective_robustness_of_average": of_average,
+    }
+
+
+def reference_accuracy(report: Mapping[str, Any], shift: str) -> float | None:
+    """The reference accuracy that a shift's baseline is evaluated at: ImageNet top-1 on the shift's
+    classes where it has a subset (None if no reference image was of those classes), else ImageNet top-1."""
+    if shift not in SUBSET_SHIFTS:
+        return report["reference_acc1"]
+    return report.get("reference_on_shift_classes", {}).get(shift, {}).get("acc1")
+
+
+def logit(p: Any) -> np.ndarray:
+    """log(p / (1 - p)), elementwise; -inf at 0 and inf at 1."""
+    p = np.asarray(p, np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def inv_logit(z: Any) -> np.ndarray:
+    """1 / (1 + exp(-z)), elementwise, without overflow for large |z|."""
+    z = np.asarray(z, np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitFit:
+    """The baseline of one shift set: logit(shift acc) = slope * logit(reference acc) + intercept, fitted
+    by least squares over `models`; `reference` names the reference accuracy (a key of the points JSON)."""
+
+    dataset: str
+    slope: float
+    intercept: float
+    reference: str
+    models: tuple[str, ...]
+
+    def predict(self, reference_acc: Any) -> np.ndarray:
+        """The baseline's shift accuracy (fraction) at a reference accuracy (fraction)."""
+        return inv_logit(self.slope * logit(reference_acc) + self.intercept)
+
+    def effective_robustness(self, shift_acc: float, reference_acc: float) -> float:
+        """Shift accuracy above the baseline at the reference accuracy (fractions; Taori et al. 2020)."""
+        return float(shift_acc - self.predict(reference_acc))
+
+
+def fit_logit_line(x: Any, y: Any) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line of logit(y) on logit(x), accuracies as fractions."""
+    u, v = logit(x), logit(y)
+    if u.size < 2 or not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise ValueError("need at least two points with accuracies strictly between 0 and 1")
+    du, dv = u - u.mean(), v - v.mean()
+    slope = float((du * dv).sum() / (du * du).sum())
+    return slope, float(v.mean() - slope * u.mean())
+
+
+def baseline_points(
+    dataset: str, path: str | Path = metadata.TESTBED_POINTS
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(models, reference acc, shift acc) of the points a shift set's baseline is fitted on, as fractions.
+
+    The rule is the JSON's "fit": baseline models not learned without labels, both numbers present, less its
+    "exclude" list; for "average" the shift accuracy is the mean of the five shift sets."""
+    data = _points(str(path))
+    fit = data["fit"]
+    if dataset != "average" and dataset not in data["reference"]:
+        raise ValueError(f"no baseline for {dataset!r}; known: {sorted(data['reference'])}")
+    ref = data["reference"][dataset]
+    names, xs, ys = [], [], []
+    for entry in data["baseline_models"]:
+        if entry["self_supervised"] or entry["model"] in fit["exclude"].get(dataset, ()):
+            continue
+        shifts = metadata.IMAGENET_SHIFTS if dataset == "average" else (dataset,)
+        values = [entry.get(k) for k in shifts]
+        if entry.get(ref) is None or any(v is None for v in values):
+            continue
+        names.append(entry["model"])
+        xs.append(entry[ref] / 100)
+        ys.append(float(np.mean(values)) / 100)
+    return names, np.array(xs), np.array(ys)
+
+
+@functools.cache
+def _points(path: str) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+@functools.cache
+def baseline_fits(path: str | Path = metadata.TESTBED_POINTS) -> dict[str, LogitFit]:
+    """The baseline of each shift set with stored points, and of their average ("average")."""
+    data = _points(str(path))
+    fits = {}
+    for name in list(data["reference"]):
+        models, x, y = baseline_points(name, path)
+        slope, intercept = fit_logit_line(x, y)
+        fits[name] = LogitFit(name, slope, intercept, data["reference"][name], tuple(models))
+    return fits
+
+
+def testbed_plot_points(path: str | Path = metadata.TESTBED_POINTS) -> list[dict[str, Any]]:
+    """The "average" baseline's points as plot points (ImageNet acc, mean shift acc; fractions)."""
+    models, x, y = baseline_points("average", path)
+    return [
+        {"label": m, "x": float(a), "y": float(b), "kind": "ImageNet models (testbed)"}
+        for m, a, b in zip(models, x, y, strict=True)
+    ]
 
 
 def published_points(path: str | Path, task: str = "zeroshot") -> list[dict[str, Any]]:
@@ -132,12 +376,21 @@ def published_points(path: str | Path, task: str = "zeroshot") -> list[dict[str,
 
 
 def plot_effective_robustness(
-    points: Sequence[Mapping[str, Any]], path: str | Path, *, title: str | None = None, logit: bool = True
-) -> Path:
-    """Scatter of mean shift accuracy against reference accuracy, with y = x (perfect robustness).
+    points: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    logit: bool = True,
+    baseline: LogitFit | None = None,
+) -> dict[str, Any]:
+    """Scatter of mean shift accuracy against reference accuracy with y = x (no drop under shift) and the
+    fitted baseline (`baseline`, e.g. `baseline_fits()["average"]`), as the CLIP paper's Fig. 13.
 
-    points: [{"label", "x", "y", "kind"}] with accuracies as fractions; kind 'ours' is highlighted. With
-    `logit`, both axes are logit-scaled as in Taori et al., where ImageNet models fall on a line.
+    points: [{"label", "x", "y", "kind"}] with accuracies as fractions; kind 'ours' is highlighted, kind
+    "ImageNet models (testbed)" drawn small and unlabelled (`testbed_plot_points()`). With `logit`, both axes
+    are logit-scaled, where ImageNet models fall on a line. Returns what was drawn, read back from the
+    artists: {"path", "xscale", "yscale", "identity": [n, 2], "baseline": [n, 2] or None,
+    "points": {kind: [m, 2]}, "labels": {kind: [label]}}.
     """
     import matplotlib
 
@@ -149,13 +402,28 @@ def plot_effective_robustness(
     lo = max(min(xs + [0.2]) * 0.8, 0.01)
     hi = min(max(xs + [0.9]) * 1.05, 0.995)
     line = np.linspace(lo, hi, 100)
-    ax.plot(line, line, "k--", lw=1, label="y = x (no drop under shift)")
-    markers = {"ours": ("*", 180, "tab:red")}
+    (identity,) = ax.plot(line, line, "k--", lw=1, label="y = x (no drop under shift)")
+    fitted = None
+    if baseline is not None:
+        (fitted,) = ax.plot(
+            line,
+            baseline.predict(line),
+            "-",
+            color="tab:red",
+            lw=1.5,
+            label=f"ImageNet models' fit (logit), {len(baseline.models)} models",
+        )
+    markers = {"ours": ("*", 180, "tab:red", True), "ImageNet models (testbed)": ("o", 12, "tab:blue", False)}
+    drawn, labels = {}, {}
     for kind in dict.fromkeys(p.get("kind", "ours") for p in points):
         sel = [p for p in points if p.get("kind", "ours") == kind]
-        m, s, c = markers.get(kind, ("o", 50, None))
-        ax.scatter([p["x"] for p in sel], [p["y"] for p in sel], marker=m, s=s, c=c, label=kind, zorder=3)
-        for p in sel:
+        m, size, c, annotate = markers.get(kind, ("o", 50, None, True))
+        artist = ax.scatter(
+            [p["x"] for p in sel], [p["y"] for p in sel], marker=m, s=size, c=c, label=kind, zorder=3
+        )
+        drawn[kind] = np.asarray(artist.get_offsets(), np.float64)
+        labels[kind] = [p["label"] for p in sel]
+        for p in sel if annotate else ():
             ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
     if logit:
         ax.set_xscale("logit")
@@ -171,8 +439,17 @@ def plot_effective_robustness(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    out = {
+        "path": path,
+        "xscale": ax.get_xscale(),
+        "yscale": ax.get_yscale(),
+        "identity": np.asarray(identity.get_xydata(), np.float64),
+        "baseline": None if fitted is None else np.asarray(fitted.get_xydata(), np.float64),
+        "points": drawn,
+        "labels": labels,
+    }
     plt.close(fig)
-    return path
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,25 +524,50 @@ def _names(value: Any, where: str) -> list[str]:
 
 
 def report_records(report: Mapping[str, Any], model: str, pretrained: str) -> list[dict]:
-    """CLIP_benchmark records of a robustness report: one per dataset, and the shift average."""
+    """CLIP_benchmark records of a robustness report: one per dataset, and the shift average.
+
+    A shift with a baseline also gets, in its metrics, "effective_robustness" and "reference_acc1" (the
+    ImageNet accuracy its baseline is evaluated at: on its classes for ImageNet-R, -A and ObjectNet), and
+    the baseline's line beside them; the average record gets "effective_robustness" (the mean over the
+    shifts) and "effective_robustness_of_average" (the shift mean against the average baseline)."""
     from clip_jax.eval import results
 
-    records = [
-        results.make_record(n, model, pretrained, "zeroshot_classification", m)
-        for n, m in report["datasets"].items()
-    ]
+    er = report.get("effective_robustness", {})
+    fits = baseline_fits() if er else {}
+    records = []
+    for name, metrics in report["datasets"].items():
+        extra: dict[str, Any] = {}
+        metrics = dict(metrics)
+        if name in er:
+            metrics.update(effective_robustness=er[name], reference_acc1=reference_accuracy(report, name))
+            extra["effective_robustness_baseline"] = _baseline_note(fits[name])
+        records.append(
+            results.make_record(name, model, pretrained, "zeroshot_classification", metrics, **extra)
+        )
     if report["average_shift_acc1"] is not None:
+        metrics = {"acc1": report["average_shift_acc1"]}
+        extra = {"shifts": [n for n in report["datasets"] if n != report["reference"]]}
+        if er:
+            metrics["effective_robustness"] = report.get("average_effective_robustness")
+            metrics["effective_robustness_of_average"] = report.get("effective_robustness_of_average")
+            if metrics["effective_robustness_of_average"] is not None:
+                extra["effective_robustness_baseline"] = _baseline_note(fits["average"])
         records.append(
             results.make_record(
-                "imagenet_shift_average",
-                model,
-                pretrained,
-                "zeroshot_classification",
-                {"acc1": report["average_shift_acc1"]},
-                shifts=[n for n in report["datasets"] if n != report["reference"]],
+                "imagenet_shift_average", model, pretrained, "zeroshot_classification", metrics, **extra
             )
         )
     return records
+
+
+def _baseline_note(fit: LogitFit) -> dict[str, Any]:
+    return {
+        "slope": fit.slope,
+        "intercept": fit.intercept,
+        "reference": fit.reference,
+        "num_models": len(fit.models),
+        "points": "clip_jax/eval/metadata/imagenet_testbed_points.json (Taori et al. 2020 testbed)",
+    }
 
 
 def plot_point(report: Mapping[str, Any], label: str) -> dict[str, Any] | None:
@@ -273,6 +575,17 @@ def plot_point(report: Mapping[str, Any], label: str) -> dict[str, Any] | None:
     if report["average_shift_acc1"] is None:
         return None
     return {"label": label, "x": report["reference_acc1"], "y": report["average_shift_acc1"], "kind": "ours"}
+
+
+def plot_with_baseline(
+    ours: Sequence[Mapping[str, Any]], path: str | Path, published: str | Path | None = None
+) -> dict[str, Any]:
+    """The effective-robustness plot of `ours` beside the testbed's ImageNet models and their fitted
+    average baseline, and the CLIP paper's points where `published` (published_clip_numbers.json) exists."""
+    paper = published_points(published) if published and Path(published).exists() else []
+    return plot_effective_robustness(
+        testbed_plot_points() + paper + list(ours), path, baseline=baseline_fits()["average"]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -299,12 +612,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if jax.process_index() == 0:
         if args.output:
             results.write_records(args.output, records)
-        summary = {k: report[k] for k in ("reference", "reference_acc1", "average_shift_acc1")}
+        keys = ("reference", "reference_acc1", "average_shift_acc1", "average_effective_robustness")
+        summary = {k: report[k] for k in keys}
         print(json.dumps(summary | {n: m["acc1"] for n, m in report["datasets"].items()}))
+        if report["effective_robustness"]:
+            print(json.dumps({"effective_robustness": report["effective_robustness"]}))
         point = plot_point(report, f"{ident.model} ({ident.pretrained})")
         if args.plot and point is not None:
-            pts = published_points(args.published) if Path(args.published).exists() else []
-            plot_effective_robustness(pts + [point], args.plot)
+            plot_with_baseline([point], args.plot, args.published)
     return records
 
 
