@@ -1,22 +1,32 @@
-"""Shared helpers of the side-by-side benchmarks: alternating timing, medians, throughput ratios, tables.
+"""Shared helpers of the benchmarks: alternating timing, medians, throughput ratios, tables, child runs.
 
 Every comparison runs both implementations in one process on the same inputs: one warm-up call each,
 then `repeats` rounds that time ours and theirs back to back (the order flips every round, so neither
 side always runs right after the other). Reported are medians, which resist the noise of a shared
 machine, and the ratio ours/theirs as throughput (> 1: clip_jax is faster).
+
+Benchmarks that need their own XLA_FLAGS or device memory run in child processes, which hand their
+result back as one JSON line on stdout (`emit_result` / `read_result`).
+
+Standard library only: the GPU benchmark imports this on a machine without torch or tensorflow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Features are O(1); the two frameworks sum in different orders, so agreement is to float32 rounding.
+ATOL = 1e-4
+RESULT_PREFIX = "RESULT_JSON "
 
 
 def make_repo_importable() -> None:
@@ -123,3 +133,59 @@ def ratio_table(rows: Sequence[dict], targets: dict[str, float] | None = None) -
 
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
+def fmt_optional(x: Any, spec: str) -> str:
+    """`x` formatted with `spec`, or "-" where the figure is unknown (None)."""
+    return "-" if x is None else format(x, spec)
+
+
+def log_row(row: dict) -> None:
+    """One throughput row as a progress line on stderr (stdout is for the tables and results)."""
+    print(
+        f"  {row['name']}: ours {row['ours_s']:.3f} s, open_clip {row['theirs_s']:.3f} s, ratio {row['ratio']:.2f}x"
+        f" (by CPU time {row['cpu_ratio']:.2f}x; compile {row.get('compile_s', float('nan')):.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def add_xla_flags(env: MutableMapping[str, str], flags: str) -> None:
+    """Append `flags` to env's XLA_FLAGS; XLA reads them once, when its backend starts."""
+    if flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+
+
+def emit_result(result: Any) -> None:
+    """Print a child process's result as the one line its parent reads back (`read_result`)."""
+    print(RESULT_PREFIX + json.dumps(result, default=float), flush=True)
+
+
+def read_result(stdout: str) -> Any | None:
+    """The result a child printed with `emit_result` (its last one), or None if it printed none."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    return json.loads(lines[-1][len(RESULT_PREFIX) :]) if lines else None
+
+
+def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run a benchmark process and return the dict it emitted, or an error record that says why not.
+
+    Out-of-memory failures are told apart from other ones, since a sweep expects some of them.
+    """
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    result = read_result(proc.stdout)
+    if result is not None:
+        return result
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+    text = "\n".join(tail)
+    kind = "OOM" if ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()) else "failed"
+    return {"error": kind, "rc": proc.returncode, "stderr_tail": text}
+
+
+def append_json_line(path: str, record: dict[str, Any]) -> None:
+    """Append `record` to a JSON-lines file, so that a long sweep cut off keeps what it measured."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
