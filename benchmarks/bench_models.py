@@ -4,11 +4,12 @@
     python benchmarks/bench_models.py --quick               # small batches, 2 repeats (smoke test)
     python benchmarks/bench_models.py --only image --models ViT-B-16 --batch 8 --variants default,before_rows
     python benchmarks/bench_models.py --xla-flags=--xla_cpu_use_thunk_runtime=false
+    python benchmarks/bench_models.py --sweep               # the XLA:CPU investigation (cpu_sweep.py; long)
 
 Both sides compute the same function: one random open_clip model (`open_clip.create_model(name,
-pretrained=None)`) is converted with the project's converter (`clip_jax.weights.load.convert_state_dict`),
-and before anything is timed the outputs are asserted to agree (features to 1e-4; for the train step,
-the loss of the first step on the same batch). Same config, batch, fp32, one process, default thread
+pretrained=None)`) is converted with the project's converter (`model_pair.py`), and before anything is
+timed the outputs are asserted to agree (features to 1e-4; for the train step, the loss of the first
+step on the same batch). Same config, batch, fp32, one process, default thread
 counts of both frameworks (torch: `torch.get_num_threads()`, XLA:CPU: one intra-op thread per core).
 
   image   `encode_image` on [B, 224, 224, 3] (ours, jitted) vs [B, 3, 224, 224] (open_clip, inference_mode)
@@ -21,269 +22,47 @@ counts of both frameworks (torch: `torch.get_num_threads()`, XLA:CPU: one intra-
           + `torch.optim.AdamW` with open_clip_train's parameter groups (no decay on gains and biases).
 
 Variants (`--variants`) change only our side, to measure what a model change would buy before it is made
-in clip_jax/models: they are applied by patching the model classes inside this process (see VARIANTS).
+in clip_jax/models: they are applied by patching the model classes inside this process
+(`model_variants.VARIANTS`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import dataclasses
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.common import add_xla_flags
+
     # XLA reads its flags when the backend starts, so --xla-flags must be applied before jax is imported.
     _early = argparse.ArgumentParser(add_help=False)
     _early.add_argument("--xla-flags", default=None)
-    _xla_flags = _early.parse_known_args()[0].xla_flags
-    if _xla_flags:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _xla_flags).strip()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    add_xla_flags(os.environ, _early.parse_known_args()[0].xla_flags or "")
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import alternate, ratio_table, throughput_row  # noqa: E402
-from clip_jax.models import CLIP, CLIPConfig, stack_layers  # noqa: E402
-from clip_jax.models import transformer as transformer_mod  # noqa: E402
-from clip_jax.models import vit as vit_mod  # noqa: E402
-from clip_jax.models.config import MODEL_CONFIGS  # noqa: E402
+from benchmarks.common import ATOL, alternate, emit_result, log_row, ratio_table, throughput_row  # noqa: E402
+from benchmarks.model_pair import Pair, make_pair, model_config, random_batch, to_torch  # noqa: E402
+from benchmarks.model_variants import VARIANTS, Variant  # noqa: E402
+from clip_jax.models import CLIP  # noqa: E402
 from clip_jax.train.optim import make_optimizer  # noqa: E402
-from clip_jax.train.random_batches import RandomBatches  # noqa: E402
 from clip_jax.train.step import init_train_state, make_train_step  # noqa: E402
-from clip_jax.weights.load import OpenClipStateDict, convert_state_dict  # noqa: E402
 
 MODELS = ("ViT-B-32", "ViT-B-16")
 BENCHMARKS = ("image", "text", "zeroshot", "train")
 TRAIN_MODEL = "ViT-B-32"
 TARGETS = {"image": 1.2, "text": 1.2, "train": 1.2}
-# Features are O(1); the two frameworks sum in different orders, so agreement is to float32 rounding.
-ATOL = 1e-4
 LR, WEIGHT_DECAY, BETAS, EPS = 5e-4, 0.2, (0.9, 0.98), 1e-6
-
-
-# --------------------------------------------------------------------------------------------------
-# The model pair
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Pair:
-    name: str
-    cfg: CLIPConfig
-    torch_model: Any  # open_clip.model.CLIP, eval mode
-    params: dict  # per-layer numpy params converted from torch_model's state dict
-
-
-def model_config(name: str) -> CLIPConfig:
-    """clip_jax's config of the open_clip model `name` (any open_clip ViT, through the translator)."""
-    import open_clip
-
-    open_clip_cfg = open_clip.get_model_config(name)
-    if open_clip_cfg is None:
-        raise ValueError(f"{name!r} is not an open_clip model config (open_clip.list_models() has them)")
-    return MODEL_CONFIGS.get(name) or CLIPConfig.from_open_clip(open_clip_cfg)
-
-
-def make_pair(name: str, seed: int = 0) -> Pair:
-    """A random open_clip model and the same weights as clip_jax params (via the project's converter)."""
-    import open_clip
-    import torch
-
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None).eval()
-    state_dict = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    cfg = model_config(name)
-    ckpt = OpenClipStateDict(state_dict, Path(f"<random open_clip {name}>"), "open_clip")
-    params = convert_state_dict(ckpt, cfg, what=f"model {name!r}")
-    return Pair(name, cfg, model, params)
-
-
-def random_batch(cfg: CLIPConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random normal images [B, H, W, 3] and token ids with SOT ... EOT and zero padding."""
-    it = RandomBatches(
-        global_batch_size=batch,
-        image_size=cfg.vision.image_size,
-        context_length=cfg.text.context_length,
-        seed=seed,
-    )
-    return next(it)
-
-
-def to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    import torch
-
-    return {
-        "image": torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))),
-        "text": torch.from_numpy(batch["text"].astype(np.int64)),
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# Variants of our side (measured here before any change is made to clip_jax/models)
-# --------------------------------------------------------------------------------------------------
-
-
-class EinsumAttention(transformer_mod.Attention):
-    """Attention as two einsums and a softmax on the [B, L, H, D] layout (the model's default makes
-    heads-major copies first). With `query_rows` (the model's last block), every row is attended and the
-    pooled rows kept."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:
-        q, k, v = transformer_mod.QKVProjection(
-            self.heads, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv"
-        )(x)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k)
-        if self.causal:
-            n = x.shape[1]
-            logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, jnp.finfo(logits.dtype).min)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        if query_rows is not None:
-            out = transformer_mod.take_rows(out, query_rows)
-        return transformer_mod.AttentionOut(dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
-
-
-class PackedQKV(transformer_mod.QKVProjection):
-    """q, k, v from one [B*L, W] x [W, 3*H*D] matmul and a split (the model uses three matmuls)."""
-
-    def product(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        return transformer_mod.dense_on_rows(x, kernel)
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        width = x.shape[-1]
-        shape = (width, 3, self.heads, width // self.heads)
-        kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, shape[1:], self.param_dtype)
-        qkv = self.product(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-        return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-
-
-class Projections3D:
-    """The model's layout before it moved to row matmuls (dense_on_rows): every projection as an
-    einsum or nn.Dense on [B, L, ...] activations, q/k/v from one packed einsum."""
-
-    class QKV(PackedQKV):
-        def product(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-            return jnp.einsum("bld,dthk->blthk", x, kernel)
-
-    class Out(transformer_mod.AttentionOut):
-        @nn.compact
-        def __call__(self, x: jax.Array) -> jax.Array:
-            heads, head_dim = x.shape[-2:]
-            width = heads * head_dim
-            kernel = self.param("kernel", nn.initializers.zeros, (heads, head_dim, width), self.param_dtype)
-            bias = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
-            return jnp.einsum("blhk,hkd->bld", x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
-
-    class MLP(transformer_mod.MLP):
-        @nn.compact
-        def __call__(self, x: jax.Array) -> jax.Array:
-            kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-            h = nn.Dense(self.mlp_width, name="c_fc", **kw)(x)
-            h = transformer_mod.activation_fn(self.quick_gelu)(h)
-            return nn.Dense(x.shape[-1], name="c_proj", **kw)(h)
-
-
-class ConvPatchEmbed(vit_mod.PatchEmbed):
-    """The patch embedding as the strided convolution that PatchEmbed replaced (same [p, p, 3, W] kernel)."""
-
-    @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        p = self.patch_size
-        shape = (p, p, images.shape[-1], self.width)
-        kernel = self.param("kernel", nn.initializers.zeros, shape, self.param_dtype)
-        x = jax.lax.conv_general_dilated(
-            images, kernel.astype(self.dtype), (p, p), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        return x.reshape(x.shape[0], -1, self.width)
-
-
-class FullLastBlock(transformer_mod.ResidualAttentionBlock):
-    """The last block computed on every row and the pooled row picked afterwards (the model computes
-    only the pooled row past the keys and values)."""
-
-    def __call__(self, x: jax.Array, _: Any = None, out_rows: jax.Array | None = None) -> tuple:
-        y, hidden = super().__call__(x, _)
-        return (y if out_rows is None else transformer_mod.take_rows(y, out_rows)), hidden
-
-
-@contextlib.contextmanager
-def _patched(obj: Any, attr: str, value: Any) -> Iterator[None]:
-    old = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, old)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """How our side is built: CLIP keyword arguments, class patches active while tracing, tolerance."""
-
-    name: str
-    model_kwargs: tuple[tuple[str, Any], ...] = ()
-    patches: tuple[Callable[[], contextlib.AbstractContextManager], ...] = ()
-    scan: bool = False
-    atol: float = ATOL
-
-    def model(self, cfg: CLIPConfig) -> CLIP:
-        return CLIP(cfg, scan=self.scan, **dict(self.model_kwargs))
-
-    def params(self, params: dict) -> dict:
-        return stack_layers(params) if self.scan else params
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for make in self.patches:
-                stack.enter_context(make())
-            yield
-
-
-_3D = (
-    lambda: _patched(transformer_mod, "QKVProjection", Projections3D.QKV),
-    lambda: _patched(transformer_mod, "AttentionOut", Projections3D.Out),
-    lambda: _patched(transformer_mod, "MLP", Projections3D.MLP),
-)
-_CONV = (lambda: _patched(vit_mod, "PatchEmbed", ConvPatchEmbed),)
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("default"),
-        # The layout the model had before this investigation: 3-D projections and a strided conv.
-        Variant("before_rows", patches=(*_3D, *_CONV)),
-        Variant("proj_3d", patches=_3D),
-        Variant("conv_patch", patches=_CONV),
-        Variant(
-            "full_last_block",
-            patches=(lambda: _patched(transformer_mod, "ResidualAttentionBlock", FullLastBlock),),
-        ),
-        Variant("packed_qkv", patches=(lambda: _patched(transformer_mod, "QKVProjection", PackedQKV),)),
-        Variant("attn_xla", (("attention_impl", "xla"),)),
-        Variant("attn_einsum", patches=(lambda: _patched(transformer_mod, "Attention", EinsumAttention),)),
-        Variant("scan", scan=True),
-        Variant("bf16", (("dtype", jnp.bfloat16),), atol=5e-2),
-    )
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Benchmarks
-# --------------------------------------------------------------------------------------------------
 
 
 def _machine_note() -> dict:
@@ -527,7 +306,7 @@ def run(
     rows = []
     if "gemm" in only:
         rows.append(bench_gemm(repeats=max(repeats, 5)))
-        _log(rows[-1])
+        log_row(rows[-1])
     zeroshot_done: set = set()
     for name in models:
         if not set(only) & {"image", "text", "zeroshot", "train"}:
@@ -538,35 +317,27 @@ def run(
             for tower in ("image", "text"):
                 if tower in only:
                     rows.append(bench_inference(pair, tower, batch, repeats, variant))
-                    _log(rows[-1])
+                    log_row(rows[-1])
             # The classifier is the text tower's work only: one row per distinct text tower (ViT-B-32 and
             # ViT-B-16 share theirs).
             text_tower = (pair.cfg.text, pair.cfg.embed_dim, pair.cfg.quick_gelu)
             if "zeroshot" in only and v == "default" and text_tower not in zeroshot_done:
                 zeroshot_done.add(text_tower)
                 rows.append(bench_zeroshot(pair, 2 if quick else 4, repeats))
-                _log(rows[-1])
+                log_row(rows[-1])
             if "train" in only and name == (TRAIN_MODEL if TRAIN_MODEL in models else models[0]):
                 rows.append(
                     bench_train_step(
                         pair, train_batch, max(1, repeats - 2) if not quick else repeats, variant
                     )
                 )
-                _log(rows[-1])
+                log_row(rows[-1])
         del pair
     return rows
 
 
-def _log(row: dict) -> None:
-    print(
-        f"  {row['name']}: ours {row['ours_s']:.3f} s, open_clip {row['theirs_s']:.3f} s, ratio {row['ratio']:.2f}x"
-        f" (by CPU time {row['cpu_ratio']:.2f}x; compile {row.get('compile_s', float('nan')):.1f} s)",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 def to_markdown(rows: list[dict]) -> str:
+    """RESULTS.md's section: the ratio table, then each row's compile time and agreement check."""
     table = ratio_table(rows, TARGETS)
     notes = [
         f"- {r['name']}: compile {r['compile_s']:.1f} s"
@@ -594,120 +365,8 @@ def to_markdown(rows: list[dict]) -> str:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# The XLA:CPU investigation: flags, thread counts, model variants, batch sizes
-# --------------------------------------------------------------------------------------------------
-
-# XLA:CPU flag sets tried (each in its own process: XLA reads flags once). In jax 0.10 XLA:CPU sends most
-# dots to YNNPACK fusions ("ynn_fusion" in the optimized HLO); with the YNN fusion types emptied they go
-# to XLA's own dot emitter (Eigen).
-XLA_FLAG_SETS: dict[str, str] = {
-    "default": "",
-    "ynn_off": "--xla_cpu_experimental_ynn_fusion_type=",
-    "ynn_dot_eltwise_reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
-    "thunk_runtime_off": "--xla_cpu_use_thunk_runtime=false",
-    "eigen_single_thread": "--xla_cpu_multi_thread_eigen=false",
-    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
-}
-JSON_PREFIX = "BENCH_MODELS_JSON "
-
-
-def _subprocess_rows(args: list[str], flags: str = "", one_core: bool = False) -> list[dict]:
-    """Run this script in a child process (own XLA_FLAGS, optionally pinned to one core) and parse its rows."""
-    import json
-    import subprocess
-
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--json", *args]
-    if flags:
-        cmd.append(f"--xla-flags={flags}")
-    if one_core:
-        cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(JSON_PREFIX)]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit status {proc.returncode}")
-    return json.loads(lines[-1][len(JSON_PREFIX) :])
-
-
-SWEEP_VARIANTS = (
-    "default",
-    "before_rows",
-    "proj_3d",
-    "conv_patch",
-    "packed_qkv",
-    "attn_einsum",
-    "scan",
-    "bf16",
-)
-SWEEP_TRAIN_VARIANTS = ("default", "before_rows", "packed_qkv", "scan")
-
-
-def sweep(
-    quick: bool = False, model: str = TRAIN_MODEL, batch: int | None = None, train: bool = True
-) -> list[dict]:
-    """Every setting tried to make XLA:CPU faster, each measured against open_clip in the same process.
-
-    One row per (setting, benchmark); `setting` says what differs from the default run. open_clip is the
-    same in every row except `one core`, where both sides are pinned to one core (taskset).
-    """
-    batch = batch or (4 if quick else 16)
-    repeats = 2 if quick else 5
-    common = ["--models", model, "--batch", str(batch), "--repeats", str(repeats)]
-    rows: list[dict] = []
-
-    def add(setting: str, new_rows: list[dict]) -> None:
-        for r in new_rows:
-            rows.append({**r, "setting": setting})
-            _log(rows[-1])
-
-    # The kernel under everything: one fp32 GEMM of the MLP's shape.
-    add("default", [bench_gemm(repeats=max(repeats, 5))])
-    # Model variants of our side, in this process.
-    pair = make_pair(model)
-    for name in SWEEP_VARIANTS:
-        for tower in ("image", "text"):
-            if tower == "text" and name == "conv_patch":
-                continue  # the patch embedding is in the image tower only
-            add(f"variant {name}", [bench_inference(pair, tower, batch, repeats, VARIANTS[name])])
-    # Batch sizes (default variant).
-    for b in (1, 4 * batch) if not quick else (1,):
-        for tower in ("image", "text"):
-            add(f"batch {b}", [bench_inference(pair, tower, b, repeats)])
-    del pair
-    # ViT-B-16's 197 tokens: attention and the patch embedding weigh more than at 50.
-    if not quick:
-        pair16 = make_pair("ViT-B-16")
-        for name in ("default", "before_rows"):
-            add(f"variant {name}", [bench_inference(pair16, "image", batch // 2, repeats, VARIANTS[name])])
-        del pair16
-    # XLA flags and thread count, each in a fresh process.
-    for name, flags in XLA_FLAG_SETS.items():
-        if name != "default":
-            add(f"XLA_FLAGS {name}", _subprocess_rows(["--only", "gemm,image,text", *common], flags))
-    add("one core (taskset -c 0)", _subprocess_rows(["--only", "gemm,image,text", *common], one_core=True))
-    if train:
-        train_batch = 8 if quick else 32
-        for v in SWEEP_TRAIN_VARIANTS:
-            args = ["--only", "train", "--models", model, "--train-batch", str(train_batch), "--variants", v]
-            add(f"variant {v}", _subprocess_rows([*args, "--repeats", str(max(1, repeats - 2))]))
-    return rows
-
-
-def variants_markdown(rows: list[dict]) -> str:
-    lines = [
-        "| setting | benchmark | ratio ours/theirs | median s ours / theirs | ratio by CPU time | ours compile s "
-        "| torch threads |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['setting']} | {r['name']} | {r['ratio']:.2f}x | {r['ours_s']:.3f} / {r['theirs_s']:.3f} "
-            f"| {r['cpu_ratio']:.2f}x | {r['compile_s']:.1f} | {r['torch_threads']} |"
-        )
-    return "\n".join(lines)
-
-
 def main() -> None:
+    """The command line (module docstring); `--sweep` hands over to cpu_sweep."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 (train 8), 2 repeats")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -721,7 +380,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line as well")
     args = parser.parse_args()
     if args.sweep:
-        print(variants_markdown(sweep(quick=args.quick)))
+        # Imported here: cpu_sweep imports this module (as benchmarks.bench_models) for its benchmarks.
+        from benchmarks import cpu_sweep
+
+        print(cpu_sweep.to_markdown(cpu_sweep.sweep(quick=args.quick)))
         return
     models, only, variants = (tuple(a.split(",")) for a in (args.models, args.only, args.variants))
     # Bad names fail here, before minutes of building models, with the option that holds them.
@@ -748,9 +410,7 @@ def main() -> None:
     )
     print(to_markdown(rows))
     if args.json:
-        import json
-
-        print(JSON_PREFIX + json.dumps(rows), flush=True)
+        emit_result(rows)
 
 
 if __name__ == "__main__":

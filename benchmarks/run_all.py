@@ -41,13 +41,15 @@ REPO_ROOT = HERE.parent
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_JSON = HERE / "results.json"
 RESULTS_GPU_MD = HERE / "RESULTS_GPU.md"
-RESULT_PREFIX = "RESULT_JSON "
 EIGHT_DEVICES = "--xla_force_host_platform_device_count=8"
 # Benchmark modules import clip_jax and `benchmarks.common` from this checkout; the untracked
 # ones by file name.
 for _p in (str(REPO_ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+
+from benchmarks.common import add_xla_flags, emit_result, ratio_table, read_result  # noqa: E402
+
 TARGETS = {"image": 1.2, "text": 1.2, "train": 1.2, "tokenizer": 5.0}
 # What the benchmarks and RESULTS.md's renderers import (the project's test extras).
 REQUIRED_MODULES = ("jax", "flax", "optax", "tensorflow", "sklearn", "torch", "open_clip")
@@ -128,7 +130,7 @@ BENCHMARKS = {
         Benchmark("linear_probe", "bench_linear_probe", "Linear probe fit time", _linear_probe),
         Benchmark(
             "cpu_variants",
-            "bench_models",
+            "cpu_sweep",
             "XLA:CPU investigation: flags, thread counts, model variants, batch sizes",
             lambda m, q: m.sweep(quick=q),
             default=False,
@@ -145,16 +147,14 @@ BENCHMARKS = {
 def worker(name: str, quick: bool) -> None:
     bench = BENCHMARKS[name]
     module = importlib.import_module(bench.module)
-    result = bench.call(module, quick)
-    print(RESULT_PREFIX + json.dumps(result, default=float), flush=True)
+    emit_result(bench.call(module, quick))
 
 
 def run_worker(name: str, quick: bool) -> dict:
     """Run one benchmark in a child process; stderr streams through, the result comes back as JSON."""
     bench = BENCHMARKS[name]
     env = dict(os.environ)
-    if bench.xla_flags:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + bench.xla_flags).strip()
+    add_xla_flags(env, bench.xla_flags)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name] + (["--quick"] if quick else [])
     load_before = os.getloadavg()[0]
@@ -183,12 +183,12 @@ def run_worker(name: str, quick: bool) -> dict:
         "load_after": os.getloadavg()[0],
         "xla_flags": env.get("XLA_FLAGS", ""),
     }
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
+    result = read_result(stdout)
+    if proc.returncode != 0 or result is None:
         tail = "\n".join(stdout.splitlines()[-5:] + list(err_tail))
         record["error"] = f"exit status {proc.returncode}; last output:\n{tail}"
     else:
-        record["result"] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+        record["result"] = result
     return record
 
 
@@ -253,8 +253,7 @@ def _section_markdown(bench: Benchmark, record: dict) -> str:
         )
     try:
         module = importlib.import_module(bench.module)
-        render = getattr(module, "variants_markdown" if bench.name == "cpu_variants" else "to_markdown", None)
-        render = render or getattr(module, "markdown", None)
+        render = getattr(module, "to_markdown", None) or getattr(module, "markdown", None)
     except Exception as e:  # noqa: BLE001 -- a module that no longer imports still gets a raw table
         render, header = None, f"{header} (renderer unavailable: {e})"
     result = record["result"]
@@ -272,8 +271,6 @@ def _generic_table(rows: list[dict]) -> str:
 
 def _summary(records: dict) -> str:
     """All ours-vs-open_clip throughput ratios against the issue's targets."""
-    from benchmarks.common import ratio_table
-
     rows = []
     for name in (n for n, b in BENCHMARKS.items() if b.summary):
         result = records.get(name, {}).get("result")
