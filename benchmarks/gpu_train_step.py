@@ -20,172 +20,34 @@ lower + XLA compile, autotuning included) is reported apart from the step time, 
 over the timed steps after warm-up, each step waited for with `block_until_ready`.
 
 MFU = model FLOPs per step / median step time / the device's peak dense bf16 FLOP/s. Model FLOPs are
-counted by `train_flops` below from the exact matmul shapes; rematerialised recomputation is not
-counted. A sweep runs every variant in its own process (isolates out-of-memory failures and XLA_FLAGS)
-and prints a markdown table.
+counted by `train_flops` (benchmarks/flops.py) from the exact matmul shapes; rematerialised
+recomputation is not counted. A sweep (benchmarks/gpu_sweep.py) runs every variant in its own process
+(isolates out-of-memory failures and XLA_FLAGS) and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Peak dense (no sparsity) bf16 tensor-core FLOP/s from the vendors' datasheets, matched as substrings of
-# jax's `device_kind` in this order (the PCIe/NVL parts before the generic H100 name, which is the SXM).
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0e12),
-    ("H100 NVL", 835.0e12),
-    ("GH200", 989.4e12),
-    ("H200", 989.4e12),
-    ("H100", 989.4e12),  # "NVIDIA H100 80GB HBM3" = SXM5
-    ("A100", 312.0e12),
-    ("L40S", 362.0e12),
-)
+# clip_jax and the benchmarks package live in the repository root, one level up from this file; the
+# commands in RESULTS_GPU.md run this file with and without PYTHONPATH=$PWD.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 
-# Named XLA flag sets for the sweep (`--sweep-xla`); "default" adds nothing.
-XLA_FLAG_SETS: dict[str, str] = {
-    "default": "",
-    "no_triton_gemm": "--xla_gpu_enable_triton_gemm=false",
-    "lhs": "--xla_gpu_enable_latency_hiding_scheduler=true",
-    "cublaslt": "--xla_gpu_enable_cublaslt=true",
-    "autotune0": "--xla_gpu_autotune_level=0",
-}
+# Standard library only, like this file's top level: jax is imported when a measurement starts.
+from benchmarks.common import append_json_line, emit_result, fmt_optional, run_child  # noqa: E402
+from benchmarks.flops import peak_flops, train_flops  # noqa: E402
+from benchmarks.gpu_sweep import XLA_FLAG_SETS, run_sweep  # noqa: E402
 
 REMAT_CHOICES = ("none", "full", "dots", "dots_no_batch")
-RESULT_PREFIX = "RESULT_JSON "
-# clip_jax lives in the repository root, one level up from this file.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-# --------------------------------------------------------------------------------------------------
-# FLOP count
-# --------------------------------------------------------------------------------------------------
-
-
-def transformer_forward_flops(
-    tokens: int, width: int, mlp_width: int, layers: int, causal: bool, pooled_last: bool = True
-) -> float:
-    """Forward matmul FLOPs of `layers` pre-LN blocks for ONE sequence of `tokens` tokens.
-
-    Per block (a multiply-add = 2 FLOPs; heads * head_dim = width in both towers):
-      qkv projection   2 * T * W * 3W
-      QK^T             2 * P * W       P = query/key pairs: T*T, or T*(T+1)/2 under the causal mask
-      AV               2 * P * W
-      out projection   2 * T * W * W
-      MLP c_fc, c_proj 2 * T * W * M  each
-    With `pooled_last` (the unrolled model; `Transformer(pool_rows=...)`), the last block computes one
-    output row: qkv on all T rows, one query against T keys (P = T), out projection and MLP on 1 row.
-    LayerNorm, softmax, GELU, bias and residual adds are not matmuls and are not counted.
-    """
-
-    def block(rows: int, pairs: float) -> float:
-        return (
-            2 * tokens * width * 3 * width
-            + 2 * 2 * pairs * width
-            + 2 * rows * width * (width + 2 * mlp_width)
-        )
-
-    full = block(tokens, tokens * (tokens + 1) / 2 if causal else tokens * tokens)
-    if not pooled_last:
-        return layers * full
-    return (layers - 1) * full + block(1, tokens)
-
-
-def train_flops(cfg: Any, batch: int, pooled_last: bool = True) -> dict[str, float]:
-    """Model FLOPs of one train step of CLIP `cfg` on `batch` image-text pairs.
-
-    Training = 3 x forward (forward, grad w.r.t. activations, grad w.r.t. weights) for every matmul,
-    except the patch embedding, whose input is the pixels: it needs no input gradient, so 2 x forward.
-    Token embedding is a gather (0 FLOPs). The loss logits image @ text.T are [B, E] x [E, B].
-    """
-    v, t, embed = cfg.vision, cfg.text, cfg.embed_dim
-    patches = v.grid_size**2
-    patch_embed = 2 * patches * (3 * v.patch_size**2) * v.width  # conv1 as a [P, 3p^2] x [3p^2, W] matmul
-    vision = transformer_forward_flops(patches + 1, v.width, v.mlp_width, v.layers, False, pooled_last)
-    vision += 2 * v.width * embed  # ln_post(class token) @ proj
-    text = transformer_forward_flops(t.context_length, t.width, t.mlp_width, t.layers, True, pooled_last)
-    text += 2 * t.width * embed  # EOT token @ text_projection
-    logits = 2 * batch * batch * embed
-    forward = batch * (patch_embed + vision + text) + logits
-    total = 3 * (batch * (vision + text) + logits) + 2 * batch * patch_embed
-    return {"forward": forward, "train": total, "per_image_train": total / batch}
-
-
-def peak_flops(device_kind: str) -> float | None:
-    for name, flops in PEAK_BF16_FLOPS:
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Experiment: cuDNN flash attention at odd sequence lengths
-# --------------------------------------------------------------------------------------------------
-
-
-def install_custom_vjp_layernorm() -> None:
-    """EXPERIMENT, not the project's code path: LayerNorm with a hand-written backward pass.
-
-    The profile of the project's step showed LayerNorm's backward (autodiff through the two-pass fp32
-    mean/variance) as the largest non-matmul cost. This keeps the forward bit-identical and saves only
-    the input, mean and 1/std; the backward is the closed form
-        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * scale,
-    with dscale = sum(dy * xhat), dbias = sum(dy). The modules' names and parameters are unchanged.
-    """
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    import clip_jax.models.text as text_mod
-    import clip_jax.models.transformer as tr
-    import clip_jax.models.vit as vit_mod
-
-    @jax.custom_vjp
-    def layer_norm(x, scale, bias):
-        return _fwd(x, scale, bias)[0]
-
-    def _fwd(x, scale, bias):
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        centred = x32 - mean
-        rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + tr.LN_EPS)
-        y = centred * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-        return y, (x, mean, rstd, scale, bias)
-
-    def _bwd(res, dy):
-        x, mean, rstd, scale, bias = res
-        dy = dy.astype(jnp.float32)
-        xhat = (x.astype(jnp.float32) - mean) * rstd
-        axes = tuple(range(dy.ndim - 1))
-        g = dy * scale.astype(jnp.float32)
-        dx = rstd * (
-            g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True)
-        )
-        dscale = jnp.sum(dy * xhat, axis=axes).astype(scale.dtype)
-        dbias = jnp.sum(dy, axis=axes).astype(bias.dtype)
-        return dx.astype(x.dtype), dscale, dbias
-
-    layer_norm.defvjp(_fwd, _bwd)
-
-    class FastLayerNorm(tr.LayerNorm):
-        @nn.compact
-        def __call__(self, x: jax.Array) -> jax.Array:
-            width = x.shape[-1]
-            scale = self.param("scale", tr._p(nn.initializers.ones, ("embed",)), (width,), self.param_dtype)
-            bias = self.param("bias", tr._p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
-            return layer_norm(x, scale, bias).astype(self.dtype)
-
-    for module in (tr, vit_mod, text_mod):
-        module.LayerNorm = FastLayerNorm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,8 +60,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from clip_jax.models import CLIP, get_model_config, init_params
     from clip_jax.train.optim import make_optimizer
     from clip_jax.train.step import init_train_state, make_train_step
@@ -212,6 +72,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         args.attention = "cudnn" if device.platform == "gpu" else "heads_major"
     impl = None if args.attention == "heads_major" else args.attention
     if args.ln == "custom_vjp":
+        from benchmarks.model_variants import install_custom_vjp_layernorm
+
         install_custom_vjp_layernorm()
     if args.attention == "cudnn_padded":
         # Alias kept so the commands recorded in RESULTS_GPU.md still run: the model itself now pads odd
@@ -325,23 +187,8 @@ def _compiled_stats(compiled: Any, device: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Subprocesses: the open_clip reference and sweep variants
+# The open_clip reference and the output
 # --------------------------------------------------------------------------------------------------
-
-
-def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """Run a benchmark process and return the dict it printed after RESULT_PREFIX, or an error record."""
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-    text = "\n".join(tail)
-    kind = "OOM" if ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()) else "failed"
-    return {"error": kind, "rc": proc.returncode, "stderr_tail": text}
 
 
 def run_reference(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,108 +211,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
     return run_child(cmd, dict(os.environ), timeout=args.child_timeout)
 
 
-def sweep_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The variants to run: `--variants` if given, else every combination of the --sweep-* lists."""
-    if args.variants:
-        out = []
-        for spec in args.variants.split(";"):
-            v = {"batch": args.batch, "attention": args.attention, "remat": args.remat, "scan": args.scan}
-            v.update(flags="default", ln=args.ln)
-            for item in filter(None, (x.strip() for x in spec.split(","))):
-                key, value = item.split("=", 1)
-                if key not in v:
-                    raise SystemExit(f"--variants: unknown key {key!r} in {spec!r}; use {sorted(v)}")
-                v[key] = (
-                    int(value) if key == "batch" else (value in ("1", "true") if key == "scan" else value)
-                )
-            out.append(v)
-        return out
-    grid = itertools.product(
-        [int(b) for b in args.sweep_batch.split(",")],
-        args.sweep_attention.split(","),
-        args.sweep_remat.split(","),
-        [s.strip() in ("1", "true", "scan") for s in args.sweep_scan.split(",")],
-        args.sweep_xla.split(","),
-    )
-    keys = ("batch", "attention", "remat", "scan", "flags")
-    return [dict(zip(keys, values, strict=True), ln=args.ln) for values in grid]
-
-
-def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run each variant in a fresh process; variants not started within --max-minutes are skipped."""
-    results, start = [], time.perf_counter()
-    for variant in sweep_variants(args):
-        if variant["flags"] not in XLA_FLAG_SETS:
-            raise SystemExit(f"unknown XLA flag set {variant['flags']!r}; known: {sorted(XLA_FLAG_SETS)}")
-        if time.perf_counter() - start > args.max_minutes * 60:
-            results.append({**variant, "error": "skipped (time budget)"})
-            continue
-        env = dict(os.environ)
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_FLAG_SETS[variant["flags"]]).strip()
-        cmd = [
-            sys.executable,
-            __file__,
-            "--model",
-            args.model,
-            "--dtype",
-            args.dtype,
-            "--batch",
-            str(variant["batch"]),
-            "--attention",
-            variant["attention"],
-            "--remat",
-            variant["remat"],
-            "--scan" if variant["scan"] else "--no-scan",
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-            "--ln",
-            variant["ln"],
-        ]
-        if args.peak_tflops:
-            cmd += ["--peak-tflops", str(args.peak_tflops)]
-        res = {**variant, **run_child(cmd, env, timeout=args.child_timeout)}
-        res["flags"] = variant["flags"]
-        results.append(res)
-        print(_row(res), flush=True)
-        if args.json_out:
-            _append_json(args.json_out, res)
-    return results
-
-
-def _append_json(path: str, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-# --------------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------------
-
-TABLE_HEADER = (
-    "| batch | attention | remat | scan | LayerNorm | XLA flags | compile s | step ms | images/s | TFLOP/s | MFU "
-    "| peak GiB |\n| ---: | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-)
-
-
-def _fmt(x: Any, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _row(r: dict[str, Any]) -> str:
-    head = f"| {r['batch']} | {r['attention']} | {r['remat']} | {'scan' if r['scan'] else 'unrolled'} | "
-    head += f"{r.get('ln', 'model')} | {r.get('flags', '')} | "
-    if "error" in r:
-        return head + f"{r['error']} | | | | | |"
-    mfu = None if r.get("mfu") is None else 100 * r["mfu"]
-    return head + (
-        f"{r['compile_s']:.1f} | {1e3 * r['step_s_median']:.1f} | {r['images_per_s']:.0f} | "
-        f"{r['achieved_tflops']:.1f} | {_fmt(mfu, '.1f')}% | {_fmt(r.get('peak_gib'), '.1f')} |"
-    )
-
-
 def print_result(r: dict[str, Any], ref: dict[str, Any] | None) -> None:
+    """The report of one measurement, and of the open_clip reference where one ran."""
     mfu = "n/a (unknown peak; pass --peak-tflops)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     print(f"device            {r['device']} (jax {r['jax']})")
     print(
@@ -480,9 +227,9 @@ def print_result(r: dict[str, Any], ref: dict[str, Any] | None) -> None:
     print(f"throughput        {r['images_per_s']:.1f} images/s")
     print(
         f"model FLOPs       {r['model_tflops_per_step']:.3f} TFLOP/step -> {r['achieved_tflops']:.1f} TFLOP/s; "
-        f"peak memory {_fmt(r.get('peak_gib'), '.1f')} GiB"
+        f"peak memory {fmt_optional(r.get('peak_gib'), '.1f')} GiB"
     )
-    print(f"MFU               {mfu} of {_fmt(r['peak_tflops'], '.1f')} TFLOP/s peak bf16")
+    print(f"MFU               {mfu} of {fmt_optional(r['peak_tflops'], '.1f')} TFLOP/s peak bf16")
     if ref is not None:
         if "error" in ref:
             print(f"open_clip         {ref['error']}: {ref.get('stderr_tail', '')}")
@@ -518,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ln",
         choices=("model", "custom_vjp"),
         default="model",
-        help="model = the project's LayerNorm; custom_vjp = experiment, see install_custom_vjp_layernorm",
+        help="model = the project's LayerNorm; custom_vjp = experiment (model_variants.LayerNormCustomVJP)",
     )
     p.add_argument("--remat", choices=REMAT_CHOICES, default="none")
     p.add_argument("--scan", action=argparse.BooleanOptionalAction, default=False, help="nn.scan the layers")
@@ -554,13 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     # Read when the first backend is created, so setting it here (before any jax call) is in time.
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", args.mem_fraction)
     if args.sweep:
-        # This process never initialises a backend: each variant gets the whole device.
-        print(TABLE_HEADER, flush=True)
-        results = sweep(args)
-        print(f"\n{args.model} {args.dtype}, {args.steps} timed steps; sorted by images/s:\n")
-        print(TABLE_HEADER)
-        for r in sorted(results, key=lambda r: -r.get("images_per_s", 0.0)):
-            print(_row(r))
+        run_sweep(args)
         return
     # The reference runs first, before this process's jax takes most of the device memory.
     ref = run_reference(args) if args.reference else None
@@ -570,9 +311,9 @@ def main(argv: list[str] | None = None) -> None:
         if "images_per_s" in ref:
             result["ratio_vs_open_clip"] = result["images_per_s"] / ref["images_per_s"]
     print_result(result, ref)
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(result)
     if args.json_out:
-        _append_json(args.json_out, result)
+        append_json_line(args.json_out, result)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 A variant changes only our side of a comparison, so that what a model change would buy is measured
 before it is made in clip_jax/models: `bench_models.py --variants` and the XLA:CPU sweep (`cpu_sweep.py`)
-build our model through a `Variant`.
+build our model through a `Variant`; the GPU benchmark's `--ln custom_vjp` installs
+`LayerNormCustomVJP` for its whole process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from benchmarks.common import ATOL
 from clip_jax.models import CLIP, CLIPConfig, stack_layers
+from clip_jax.models import text as text_mod
 from clip_jax.models import transformer as transformer_mod
 from clip_jax.models import vit as vit_mod
 
@@ -169,3 +171,62 @@ VARIANTS: dict[str, Variant] = {
         Variant("bf16", (("dtype", jnp.bfloat16),), atol=5e-2),
     )
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# EXPERIMENT (GPU benchmark, `--ln custom_vjp`): LayerNorm with a hand-written backward pass
+# --------------------------------------------------------------------------------------------------
+
+
+@jax.custom_vjp
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+    return _layer_norm_fwd(x, scale, bias)[0]
+
+
+def _layer_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array) -> tuple[jax.Array, tuple]:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centred = x32 - mean
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + transformer_mod.LN_EPS)
+    y = centred * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y, (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x, mean, rstd, scale, bias = res
+    dy = dy.astype(jnp.float32)
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    axes = tuple(range(dy.ndim - 1))
+    g = dy * scale.astype(jnp.float32)
+    dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True) - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+    dscale = jnp.sum(dy * xhat, axis=axes).astype(scale.dtype)
+    dbias = jnp.sum(dy, axis=axes).astype(bias.dtype)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNormCustomVJP(transformer_mod.LayerNorm):
+    """EXPERIMENT, not the project's code path: LayerNorm with a hand-written backward pass.
+
+    The profile of the project's step showed LayerNorm's backward (autodiff through the two-pass fp32
+    mean/variance) as the largest non-matmul cost. This keeps the forward bit-identical and saves only
+    the input, mean and 1/std; the backward is the closed form
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * scale,
+    with dscale = sum(dy * xhat), dbias = sum(dy). The module's name and parameters are unchanged.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        p = transformer_mod._p
+        scale = self.param("scale", p(nn.initializers.ones, ("embed",)), (width,), self.param_dtype)
+        bias = self.param("bias", p(nn.initializers.zeros, ("embed",)), (width,), self.param_dtype)
+        return _layer_norm(x, scale, bias).astype(self.dtype)
+
+
+def install_custom_vjp_layernorm() -> None:
+    """Make every tower build LayerNormCustomVJP for the rest of this process (one config a process)."""
+    for module in (transformer_mod, vit_mod, text_mod):
+        module.LayerNorm = LayerNormCustomVJP
