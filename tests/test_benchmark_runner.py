@@ -1,4 +1,6 @@
-"""benchmarks/run_all.py's bookkeeping: what results.json keeps, and refusing a Python without the extras."""
+"""The benchmarks' plumbing: run_all.py's bookkeeping (what results.json keeps, refusing a Python without
+the extras, which module renders each section), child-process results, and the GPU benchmark's sweep
+variants, FLOP count and imports."""
 
 import importlib.util
 import json
@@ -7,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-RUN_ALL = Path(__file__).resolve().parents[1] / "benchmarks" / "run_all.py"
+REPO = Path(__file__).resolve().parents[1]
+RUN_ALL = REPO / "benchmarks" / "run_all.py"
 
 
 @pytest.fixture
@@ -84,3 +87,101 @@ def test_refuses_python_without_the_extras(run_all, monkeypatch):
     with pytest.raises(SystemExit, match="lacks no_such_module_for_this_test.*scripts/bench.sh"):
         run_all.main()
     assert run_all.RESULTS_JSON.read_text() == before and not run_all.RESULTS_MD.exists()
+
+
+def test_cpu_sweep_and_model_rows_render_with_their_modules(run_all):
+    """RESULTS.md's cpu_variants section comes from cpu_sweep.to_markdown, the inference one from
+    bench_models.to_markdown (neither falls back to the generic table)."""
+    row = {
+        "name": "ViT-B-32 image tower, batch 4",
+        "unit": "images/s",
+        "ours_s": 0.5,
+        "theirs_s": 1.0,
+        "ours_per_s": 8.0,
+        "theirs_per_s": 4.0,
+        "ratio": 2.0,
+        "cpu_ratio": 1.5,
+        "compile_s": 3.0,
+        "max_abs_diff": 1e-6,
+        "torch_threads": 2,
+        "xla_flags": "",
+        "target": "image",
+    }
+    record = {**GOOD, "result": [{**row, "setting": "one core (taskset -c 0)"}]}
+    section = run_all._section_markdown(run_all.BENCHMARKS["cpu_variants"], record)
+    assert "renderer unavailable" not in section
+    assert (
+        "| one core (taskset -c 0) | ViT-B-32 image tower, batch 4 | 2.00x | 0.500 / 1.000 | 1.50x |"
+        in section
+    )
+    section = run_all._section_markdown(run_all.BENCHMARKS["inference"], {**GOOD, "result": [row]})
+    assert "renderer unavailable" not in section
+    assert "max |ours - open_clip| = 1.0e-06" in section and ">= 1.2x met" in section
+
+
+def test_child_results_and_failures():
+    """A benchmark child's result comes back through its RESULT_JSON line; a failure as a record of why."""
+    from benchmarks.common import run_child
+
+    def child(code: str, timeout: float = 60.0) -> dict:
+        return run_child([sys.executable, "-c", code], {}, timeout)
+
+    emit = f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.common import emit_result; "
+    assert child(emit + "print('noise'); emit_result({'loss': 1.5})") == {"loss": 1.5}
+    oom = child("import sys; sys.exit('RESOURCE_EXHAUSTED: Out of memory while trying to allocate')")
+    assert oom["error"] == "OOM" and oom["rc"] == 1
+    failed = child("raise ValueError('bad config')")
+    assert failed["error"] == "failed" and "ValueError: bad config" in failed["stderr_tail"]
+    assert child("import time; time.sleep(30)", timeout=1) == {"error": "timeout after 1 s"}
+
+
+def test_gpu_sweep_variants_from_the_command_line():
+    """--variants overrides the single-run options per variant; without it the --sweep-* lists form a grid."""
+    from benchmarks.gpu_sweep import sweep_variants
+    from benchmarks.gpu_train_step import parse_args
+
+    args = parse_args(
+        ["--sweep", "--batch", "256", "--variants", "batch=512;batch=768,ln=custom_vjp,scan=1,flags=lhs"]
+    )
+    base = {"attention": "auto", "remat": "none", "scan": False, "flags": "default", "ln": "model"}
+    assert sweep_variants(args) == [
+        {**base, "batch": 512},
+        {**base, "batch": 768, "ln": "custom_vjp", "scan": True, "flags": "lhs"},
+    ]
+    grid = sweep_variants(parse_args(["--sweep", "--sweep-batch", "4,8", "--sweep-attention", "xla,cudnn"]))
+    assert [(v["batch"], v["attention"]) for v in grid] == [
+        (4, "xla"),
+        (4, "cudnn"),
+        (8, "xla"),
+        (8, "cudnn"),
+    ]
+    with pytest.raises(SystemExit, match="unknown key 'heads'"):
+        sweep_variants(parse_args(["--sweep", "--variants", "heads=4"]))
+
+
+def test_train_flops_matches_the_recorded_gpu_figures():
+    """benchmarks/RESULTS_GPU.md: ViT-B-16 at batch 512, 58.94 TFLOP per step with the pooled last block,
+    62.88 with every row (122.8 GFLOP per pair)."""
+    from benchmarks.flops import peak_flops, train_flops
+    from clip_jax.models import get_model_config
+
+    cfg = get_model_config("ViT-B-16")
+    assert train_flops(cfg, 512)["train"] / 1e12 == pytest.approx(58.94, abs=0.005)
+    every_row = train_flops(cfg, 512, pooled_last=False)
+    assert every_row["train"] / 1e12 == pytest.approx(62.88, abs=0.005)
+    assert every_row["per_image_train"] / 1e9 == pytest.approx(122.8, abs=0.05)
+    assert peak_flops("NVIDIA H100 PCIe") == 756.0e12 and peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_flops("cpu") is None
+
+
+def test_gpu_benchmark_imports_neither_tensorflow_nor_torch():
+    """The GPU machine has jax, flax and optax but no tensorflow (torch only for --reference's child)."""
+    import subprocess
+
+    code = (
+        "import sys; import benchmarks.gpu_train_step, benchmarks.model_variants, clip_jax.models, "
+        "clip_jax.train.step, clip_jax.train.optim; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'torch'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
