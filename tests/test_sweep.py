@@ -1,6 +1,7 @@
 """clip_jax.sweep: run names, product/zipped, overrides of every config field (also through the trainer's
 --set/--drop), a four-run local sweep end to end, a SIGKILLed run resumed by the rerun while finished
-runs are not rerun, a run failing alone with its error in the summary, and the sbatch script and pickled
+runs are not rerun, a run signalled as at a Slurm time limit saving and requeueing itself, a run failing
+alone with its error in the summary, and the sbatch script and pickled
 job that submitit submits to Slurm (fake sbatch/srun/sacct on PATH; no cluster here).
 
 The sweeps' runs are tiny 2-step trainings on random batches, sharing a persistent compilation cache.
@@ -116,11 +117,12 @@ def test_run_names_stable_readable_and_distinct():
             {"a": True},
             {"a": "x/y"},
             {"a": "x_y"},
-            {"a": "drop"},
+            {"a": "DROP"},
             {"a": DROP},
         )
     ]
     assert len(set(names)) == len(names), names
+    assert run_name({"evals.shape": DROP}) == "evals.shape=DROP"
     assert "/" not in run_name({"a": "x/y"}) and run_name({"a": "x/y"}) == run_name({"a": "x/y"})
     assert len(run_name({"model.vision.width": "w" * 500})) < 140
 
@@ -314,7 +316,7 @@ def test_local_sweep_of_four_runs(sweep_dir, env, tmp_path_factory):
     assert (sweep_dir / "plots" / "by_seed.png").is_file() and (sweep_dir / "plots" / "curves.png").is_file()
 
 
-def test_killed_run_resumes_finished_runs_skip_failing_run_alone(sweep_dir, env):
+def test_killed_run_resumes_signalled_run_requeues_failing_run_alone(sweep_dir, env):
     cfg = sweep_dir.parent / "four_runs.py"
     assert (sweep_dir / "ckpt=1,seed=0" / "status.json").exists(), "runs after test_local_sweep_of_four_runs"
     cfg.write_text(CONFIG + MORE_RUNS)
@@ -342,18 +344,50 @@ def test_killed_run_resumes_finished_runs_skip_failing_run_alone(sweep_dir, env)
     for name, old in before.items():  # finished runs were not started again
         assert rows[name]["status"] == "done" and state(sweep_dir / name) == old, name
 
-    rc, out = finish(launcher(cfg, sweep_dir, env))
+    # The rerun resumes the killed run. Mid-way it gets submitit's time-limit signal (USR2, as Slurm
+    # sends it): it saves the step it is at, requeues itself through checkpoint() (the local executor
+    # restarts it) and resumes from that step.
+    proc = launcher(cfg, sweep_dir, env)
+    resumed_at, offset = None, None
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline:
+        log = err_log(long_run)
+        if resumed_at is None and "resumed from step" in log:
+            resumed_at = resumed_steps(log)[0]
+            offset = (long_run / "metrics.jsonl").stat().st_size
+        if offset is not None:
+            with open(long_run / "metrics.jsonl") as f:
+                f.seek(offset)
+                if any(json.loads(line)["step"] > resumed_at + 1 for line in f.readlines()[:-1]):
+                    os.kill(state(long_run)["pid"], signal.SIGUSR2)
+                    break
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.05)
+    rc, out = finish(proc)
     assert rc == 1, out[-3000:]  # the failed runs stay failed without --retry-failed
     rows = summary(sweep_dir)
     assert rows["ckpt=10,steps=150"]["status"] == "done" and rows["ckpt=10,steps=150"]["step"] == "150"
-    assert state(long_run)["attempts"] == 2
-    log = "".join(p.read_text() for p in (long_run / "logs").glob("*_log.err"))
-    resumed = [
+    assert state(long_run)["attempts"] == 3
+    log = err_log(long_run)
+    preempted = [
+        int(line.split("preempted at step ")[1].split(";")[0])
+        for line in log.splitlines()
+        if "preempted at step" in line
+    ]
+    assert len(preempted) == 1 and resumed_steps(log) == [resumed_at, preempted[0]], log[-3000:]
+    assert 10 <= resumed_at < preempted[0] < 150 and resumed_at % 10 == 0
+    assert state(sweep_dir / "mesh.data=3")["attempts"] == 1
+    for name, old in before.items():
+        assert state(sweep_dir / name) == old, name
+
+
+def err_log(run_dir: Path) -> str:
+    return "".join(p.read_text() for p in sorted((run_dir / "logs").glob("*_log.err"), key=os.path.getmtime))
+
+
+def resumed_steps(log: str) -> list[int]:
+    return [
         int(line.rsplit("resumed from step ", 1)[1].split()[0])
         for line in log.splitlines()
         if "resumed from step" in line
     ]
-    assert len(resumed) == 1 and 10 <= resumed[0] < 150, log[-2000:]
-    assert state(sweep_dir / "mesh.data=3")["attempts"] == 1
-    for name, old in before.items():
-        assert state(sweep_dir / name) == old, name

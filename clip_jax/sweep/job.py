@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from typing import Any
@@ -80,11 +81,38 @@ class TrainJob(submitit.helpers.Checkpointable):
         return "preempted"
 
     def _train(self, distributed: bool) -> Any:
-        from clip_jax.train.loop import initialize_distributed, train
+        _import_tensorboardx_without_torch()
+        from clip_jax.train.loop import train
 
         if distributed:
-            initialize_distributed(auto=True)
+            join_processes()
         return train(self.config, self.workdir)
+
+
+def join_processes() -> None:
+    """jax.distributed.initialize() from the Slurm environment. JAX then gives each process the one GPU
+    of its local rank; a job of one task per node gets all the node's GPUs instead."""
+    import jax
+
+    env = submitit.JobEnvironment()
+    kwargs = {}
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if env.num_tasks == env.num_nodes and visible:
+        kwargs["local_device_ids"] = list(range(len(visible.split(","))))
+    jax.distributed.initialize(**kwargs)
+
+
+def _import_tensorboardx_without_torch() -> None:
+    """tensorboardX imports torch, when installed, only to accept torch tensors: seconds of CPU at the
+    start of every run. Loaded with torch hidden, it takes numpy arrays alone; torch stays importable
+    (e.g. for config.init_from of a .pt file)."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import tensorboardX  # noqa: F401
+    finally:
+        del sys.modules["torch"]
 
 
 def _end_attempt(workdir: str, **fields: Any) -> None:

@@ -93,7 +93,7 @@ def run_name(overrides: Mapping[str, Any]) -> str:
         lossy |= short in shown
         shown.add(short)
         text = _name_value(overrides[key])
-        lossy |= overrides[key] is DROP  # "drop" would read like the string
+        lossy |= overrides[key] == "DROP"  # the string would read like DROP
         if not _SAFE.match(text) or not _SAFE.match(short):
             lossy = True
             text = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
@@ -112,7 +112,7 @@ def _shown_key(key: str) -> str:
 
 def _name_value(value: Any) -> str:
     if value is DROP:
-        return "drop"
+        return "DROP"
     if isinstance(value, str):
         # A string that reads as another literal ("1", "None") is quoted, so it never names like one.
         try:
