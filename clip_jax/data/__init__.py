@@ -1,6 +1,8 @@
 """tf.data input pipelines and the embedded synthetic dataset (the only package that imports tensorflow).
 
-- `make_train_iterator`: endless, per-host, deterministic, resumable image-text batches (iterator.py).
+- `make_train_iterator`: endless, per-host, deterministic, resumable image-text batches (iterator.py) from
+  the sources of image_text.py: TFDS, TFRecord and webdataset shards (the tar format: webdataset.py;
+  `python -m clip_jax.data.write_webdataset` writes shards), caption folders, the synthetic set.
 - `make_eval_dataset`, `dataset_info`: padded image-label evaluation batches (image_label.py).
 - `make_retrieval_dataset`: images with several captions each (retrieval.py).
 - `prepare_synthetic`, `zeroshot_tasks`: the embedded `clip_synthetic` dataset (synthetic.py).
