@@ -1,15 +1,17 @@
-"""Small on-disk datasets for tests and benchmarks: img2dataset-style TFRecord shards (optionally with
-corrupt records, or damaged files), caption folders, class folders, and a per-process cached tiny
-`clip_synthetic` build."""
+"""Small on-disk datasets for tests and benchmarks: img2dataset-style TFRecord and webdataset tar shards
+(optionally with corrupt records, or damaged files), caption folders, class folders, and a per-process
+cached tiny `clip_synthetic` build."""
 
 from __future__ import annotations
 
 import atexit
 import functools
 import io
+import json
 import os
 import shutil
 import struct
+import tarfile
 import tempfile
 
 import numpy as np
@@ -60,19 +62,10 @@ def write_caption_shards(
     writers = [tf.io.TFRecordWriter(p) for p in paths]
     height, width = image_size
     for i in range(num_examples):
-        jpeg = encode_image(random_image(rng, height, width))
-        caption = f"caption {i}"
         defect = corrupt.get(i)
-        if defect == "truncated_jpeg":
-            jpeg = jpeg[: len(jpeg) // 2]
-        elif defect == "not_an_image":
-            jpeg = b"this is not an image"
-        elif defect == "empty_caption":
-            caption = ""
-        elif defect == "blank_caption":
-            caption = "  \n "
-        elif defect not in (None, "missing_caption"):
+        if defect not in (None, *_DEFECTS):
             raise ValueError(f"unknown defect {defect!r}")
+        jpeg, caption = _example(rng, i, image_size, defect)
         feature = {
             "key": _bytes_feature(f"{i:09d}".encode()),
             "jpg": _bytes_feature(jpeg),
@@ -89,6 +82,98 @@ def write_caption_shards(
     for writer in writers:
         writer.close()
     return paths
+
+
+_DEFECTS = ("truncated_jpeg", "not_an_image", "empty_caption", "blank_caption", "missing_caption")
+
+
+def _example(
+    rng: np.random.Generator, i: int, image_size: tuple[int, int], defect: str | None
+) -> tuple[bytes, str]:
+    """The JPEG and caption ("caption {i}") of test example i, with `defect` applied to either."""
+    if defect is not None and defect not in _DEFECTS + ("missing_image", "bad_json"):
+        raise ValueError(f"unknown defect {defect!r}")
+    jpeg = encode_image(random_image(rng, *image_size))
+    caption = f"caption {i}"
+    if defect == "truncated_jpeg":
+        jpeg = jpeg[: len(jpeg) // 2]
+    elif defect == "not_an_image":
+        jpeg = b"this is not an image"
+    elif defect == "empty_caption":
+        caption = ""
+    elif defect == "blank_caption":
+        caption = "  \n "
+    return jpeg, caption
+
+
+def webdataset_uid(i: int) -> str:
+    """The 32-hex-digit DataComp-style uid in the .json of test example i."""
+    return f"{i:032x}"
+
+
+def write_webdataset_shards(
+    directory: str,
+    num_examples: int,
+    num_shards: int,
+    *,
+    image_size: tuple[int, int] = (40, 48),
+    corrupt: dict[int, str] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """img2dataset's webdataset layout: `{shard:05d}.tar` of `{i:09d}.jpg`, `.txt` ("caption {i}") and
+    `.json` ({"uid", "i", "width", "height", "status"}), examples in order over the shards (ceil(n / shards)
+    per shard; `clip_jax.data.write_webdataset.write_shards`). `corrupt` maps example indices to a defect
+    of `write_caption_shards`, or "missing_image" (no .jpg) or "bad_json" (.json is not JSON)."""
+    from clip_jax.data.write_webdataset import write_shards
+
+    corrupt = corrupt or {}
+    rng = np.random.default_rng(seed)
+    height, width = image_size
+
+    def samples():
+        for i in range(num_examples):
+            defect = corrupt.get(i)
+            jpeg, caption = _example(rng, i, image_size, defect)
+            meta = {"uid": webdataset_uid(i), "i": i, "width": width, "height": height, "status": "success"}
+            fields = {"jpg": jpeg, "txt": caption.encode(), "json": json.dumps(meta).encode()}
+            if defect == "missing_image":
+                del fields["jpg"]
+            elif defect == "missing_caption":
+                del fields["txt"]
+            elif defect == "bad_json":
+                fields["json"] = b'{"uid": '
+            yield f"{i:09d}", fields
+
+    return write_shards(samples(), directory, -(-num_examples // num_shards))
+
+
+def damage_tar(path: str, sample: int, defect: str, member: int = 0) -> None:
+    """Damage member `member` of sample `sample` (both counted from 0) of a webdataset shard, which makes
+    it and everything after it unreadable.
+
+    "truncate": the file ends in the middle of the member's data (an interrupted copy); "cut": the file
+    ends just before the member, at a member boundary, where tarfile sees a normal end of archive;
+    "bad_header": one byte of the member's header changes, which fails its checksum, and tarfile again
+    stops there without an error.
+    """
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    samples: dict[str, list[tarfile.TarInfo]] = {}
+    for info in members:
+        samples.setdefault(info.name.split(".")[0], []).append(info)
+    info = list(samples.values())[sample][member]
+    with open(path, "r+b") as f:
+        if defect == "truncate":
+            f.truncate(info.offset_data + info.size // 2)
+        elif defect == "cut":
+            f.truncate(info.offset)
+        elif defect == "bad_header":
+            f.seek(info.offset + 10)  # inside the name field
+            (byte,) = f.read(1)
+            f.seek(info.offset + 10)
+            f.write(bytes([byte ^ 0x55]))
+        else:
+            raise ValueError(f"unknown defect {defect!r}")
 
 
 def tfrecord_offsets(path: str) -> list[int]:
@@ -160,3 +245,12 @@ def tiny_synthetic_data_dir() -> str:
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     synthetic.prepare_synthetic(directory, "tiny")
     return directory
+
+
+def caption_ids(text: np.ndarray, num_examples: int, context_length: int) -> list[int]:
+    """Map token rows back to i of "caption {i}" (the test shards' captions)."""
+    from clip_jax.tokenizer import tokenize
+
+    captions = [f"caption {i}" for i in range(num_examples)]
+    table = {tuple(row): i for i, row in enumerate(tokenize(captions, context_length))}
+    return [table[tuple(row)] for row in text]
