@@ -249,9 +249,14 @@ def test_run_writes_metrics_config_and_tensorboard(reference):
     records = metrics(reference)
     assert [r["step"] for r in records] == list(range(1, TOTAL_STEPS + 1))
     for r in records:
-        for key in ("step", "loss", "learning_rate", "logit_scale", "images_per_sec"):
+        for key in ("step", "loss", "learning_rate", "logit_scale"):
             assert key in r, (key, r)
-        assert np.isfinite(r["loss"]) and r["images_per_sec"] > 0
+        assert np.isfinite(r["loss"])
+        assert r.get("images_per_sec", 1) > 0
+    # Throughput is timed between completed steps, never over the first (which compiles) nor across a
+    # checkpoint save (every 2 steps here): steps 1-2 have none, the last step of each window has it.
+    have_rate = [r["step"] for r in records if "images_per_sec" in r]
+    assert have_rate == list(range(2 * CHECKPOINT_EVERY, TOTAL_STEPS + 1, CHECKPOINT_EVERY)), have_rate
     # Warmup 1, as open_clip's cosine_lr: lr * (0 + 1) / 1 at the first step, the peak at the second
     # (the cosine's start), then decay.
     assert records[0]["learning_rate"] == pytest.approx(1e-4)

@@ -61,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
     c.log_every = 10
+    c.prefetch = 2  # batches of a tf.data input read and placed on the devices ahead, in a thread (0: off)
     c.eval_every = 0  # 0: only at the end (if evaluations are configured)
 
     # "random": RandomBatches (distinct_batches: 0 for an endless stream, n to cycle through n batches).
@@ -171,6 +172,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         ("end_lr_ratio", 0 <= config.end_lr_ratio <= 1, "must be in [0, 1]"),
         ("grad_clip_norm", config.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
         ("keep_checkpoints", config.keep_checkpoints >= 1, "must be >= 1"),
+        ("prefetch", config.prefetch >= 0, "must be >= 0 (0: no prefetch thread)"),
     ]
     for field, ok, rule in checks:
         if not ok:

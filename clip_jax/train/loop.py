@@ -24,6 +24,8 @@ from clip_jax.checkpoint import Checkpointer, abstract_like
 from clip_jax.models.clip import CLIP
 from clip_jax.train.config import validate_config
 from clip_jax.train.optim import make_optimizer
+from clip_jax.train.prefetch import Prefetcher
+from clip_jax.train.progress import Progress
 from clip_jax.train.step import (
     TrainState,
     init_rngs,
@@ -269,58 +271,72 @@ class TrainLoop:
         self.preempted = True
 
     def run(self, state: TrainState, step_fn, batch_sharding) -> TrainState:
-        from tqdm import tqdm
-
         config = self.config
         step = int(jax.device_get(state.step))
-        bar = tqdm(
-            total=config.total_steps, initial=step, disable=not self.is_main, unit="step", dynamic_ncols=True
-        )
+        progress = Progress(config.total_steps, step, config.batch_size, enabled=self.is_main)
+        feed = self._feed(batch_sharding)
         pending = None  # (step, metrics) of the last step not yet checked for non-finite values
-        last_log_time, last_log_step = time.perf_counter(), step
-        while step < config.total_steps and not self._stop_requested(step):
-            batch = next(self.data_iter)
-            batch = {
+        try:
+            while step < config.total_steps and not self._stop_requested(step):
+                state, metrics = step_fn(state, next(feed))
+                step += 1
+                # Check the previous step while this one runs, so the check costs no pipelining.
+                if pending is not None:
+                    self._check_finite(*pending)
+                pending = (step, metrics)
+                progress.step_done(step)
+                if step % config.log_every == 0 or step == config.total_steps:
+                    self._log(step, jax.device_get(metrics), progress, feed)
+                if (
+                    config.evals
+                    and config.eval_every
+                    and step % config.eval_every == 0
+                    and step < config.total_steps
+                ):
+                    self._check_finite(*pending)
+                    self._evaluate(step, state, progress)
+                if step % config.checkpoint_every == 0 or step == config.total_steps:
+                    self._check_finite(*pending)
+                    self._save(step, state, feed, progress)
+            if self.preempted and step < config.total_steps:
+                if pending is not None:
+                    self._check_finite(*pending)
+                # The step may just have been saved periodically; orbax refuses a second save of a step.
+                if self.ckpt.latest_step() != step:
+                    self._save(step, state, feed, progress, force=True)
+                log.warning("preempted at step %d; checkpoint saved", step)
+            elif config.evals:
+                if pending is not None:
+                    self._check_finite(*pending)
+                self._evaluate(step, state, progress)
+        finally:
+            progress.close()
+            if isinstance(feed, Prefetcher):
+                feed.close()
+        self.ckpt.wait()
+        return state
+
+    def _feed(self, batch_sharding):
+        """The batches, placed on the mesh. A tf.data input is read and placed `config.prefetch` batches
+        ahead in a thread (its epoch boundaries and the host-to-device copies overlap the steps); random
+        batches cost nothing and are made in the loop."""
+
+        def place(batch):
+            return {
                 k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                 for k, v in batch.items()
             }
-            state, metrics = step_fn(state, batch)
-            step += 1
-            # Check the previous step while this one runs, so the check costs no pipelining.
-            if pending is not None:
-                self._check_finite(*pending)
-            pending = (step, metrics)
-            bar.update(1)
-            if step % config.log_every == 0 or step == config.total_steps:
-                now = time.perf_counter()
-                ips = (step - last_log_step) * config.batch_size / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_step = now, step
-                self._log(step, jax.device_get(metrics), ips, bar)
-            if (
-                config.evals
-                and config.eval_every
-                and step % config.eval_every == 0
-                and step < config.total_steps
-            ):
-                self._check_finite(*pending)
-                self._evaluate(step, state)
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                self._check_finite(*pending)
-                self.ckpt.save(step, state, _all_data_states(self.data_iter))
-        if self.preempted and step < config.total_steps:
-            if pending is not None:
-                self._check_finite(*pending)
-            # The step may just have been saved periodically; orbax refuses a second save of a step.
-            if self.ckpt.latest_step() != step:
-                self.ckpt.save(step, state, _all_data_states(self.data_iter), force=True)
-            log.warning("preempted at step %d; checkpoint saved", step)
-        elif config.evals:
-            if pending is not None:
-                self._check_finite(*pending)
-            self._evaluate(step, state)
-        bar.close()
-        self.ckpt.wait()
-        return state
+
+        if getattr(self.data_iter, "prefetch", True) and self.config.prefetch > 0:
+            return Prefetcher(self.data_iter, place, size=self.config.prefetch)
+        return _Placed(self.data_iter, place)
+
+    def _save(self, step: int, state: TrainState, feed, progress: Progress, force: bool = False) -> None:
+        start = time.perf_counter()
+        self.ckpt.save(step, state, _all_data_states(feed), force=force)
+        # orbax writes in the background; this is the part the loop waits for (the device-to-host copy).
+        progress.note(f"step {step}: checkpoint started ({time.perf_counter() - start:.1f} s blocking)")
+        progress.pause_rate()
 
     def _stop_requested(self, step: int) -> bool:
         """True once this run must stop for a SIGTERM, at the same step on every process.
@@ -361,12 +377,15 @@ class TrainLoop:
                 f"good checkpoint in {self.ckpt.directory} (step {self.ckpt.latest_step()}) is kept."
             )
 
-    def _log(self, step: int, metrics: dict, images_per_sec: float, bar) -> None:
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_sec": images_per_sec}
-        skipped = getattr(self.data_iter, "num_skipped", None)
+    def _log(self, step: int, metrics: dict, progress: Progress, feed) -> None:
+        ips = progress.images_per_sec()
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        if ips is not None:  # over the recent steps, compilation excluded
+            record["images_per_sec"] = ips
+        skipped = getattr(feed, "num_skipped", None)
         if skipped is not None:  # corrupt or unreadable records dropped by the input pipeline so far
             record["records_skipped"] = int(skipped)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_sec:.1f}", refresh=False)
+        progress.report(step, record["loss"])
         if not self.is_main:
             return
         self.metrics_file.write(json.dumps(record) + "\n")
@@ -375,7 +394,7 @@ class TrainLoop:
             if k != "step":
                 self.tb.add_scalar(f"train/{k}", v, step)
 
-    def _evaluate(self, step: int, state: TrainState) -> None:
+    def _evaluate(self, step: int, state: TrainState, progress: Progress) -> None:
         """Every evaluation of config.evals on the current params, logged as eval/<name>/<metric>."""
         from clip_jax.eval.common import flat_scalars, make_evaluators
 
@@ -385,8 +404,11 @@ class TrainLoop:
         results = {}
         for name, evaluator in self.evaluators.items():
             start = time.perf_counter()
-            results.update(flat_scalars(evaluator.run(state.params), f"{name}/"))
-            log.info("step %d eval %s: %.1f s", step, name, time.perf_counter() - start)
+            metrics = flat_scalars(evaluator.run(state.params), f"{name}/")
+            results.update(metrics)
+            headline = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("acc1", "recall@1"))}
+            progress.note(f"step {step}: eval {name} ({time.perf_counter() - start:.1f} s) {headline}")
+        progress.pause_rate()
         if not self.is_main:
             return
         record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
@@ -394,7 +416,7 @@ class TrainLoop:
         self.metrics_file.flush()
         for k, v in results.items():
             self.tb.add_scalar(f"eval/{k}", v, step)
-        log.info("step %d eval: %s", step, results)
+        log.debug("step %d eval: %s", step, results)
 
     def close(self) -> None:
         if self._old_handler is not None:
@@ -403,6 +425,23 @@ class TrainLoop:
             self.metrics_file.close()
         if self.tb:
             self.tb.close()
+
+
+class _Placed:
+    """`place(batch)` for each batch of `source`, in the loop (the state passes through)."""
+
+    def __init__(self, source, place) -> None:
+        self.source, self.place = source, place
+
+    def __next__(self):
+        return self.place(next(self.source))
+
+    def get_state(self):
+        return self.source.get_state()
+
+    @property
+    def num_skipped(self):
+        return getattr(self.source, "num_skipped", None)
 
 
 def _preemption_sync_manager():
