@@ -276,7 +276,6 @@ def test_open_clip_config_json_beside_weights(tiny_params, tiny_sd, tmp_path):
         ("text_cfg", {"embed_cls": True}, "embed_cls"),  # CoCa
         ("vision_cfg", {"timm_model_name": "vit_base_patch16_siglip_224"}, "timm_model_name"),
         ("vision_cfg", {"pool_type": "avg"}, "pool_type"),
-        ("vision_cfg", {"layers": [3, 4, 6, 3]}, "ResNet"),
         ("vision_cfg", {"new_option": 1}, "new_option"),
         (None, {"multimodal_cfg": {"layers": 12}}, "multimodal_cfg"),
     ],
@@ -293,8 +292,8 @@ def test_open_clip_configs_of_other_architectures_are_refused(section, option, n
 
 
 def test_open_clip_model_configs_translate_or_are_refused():
-    # Every config open_clip ships: the plain ViT ones translate to the config clip_jax's registry holds
-    # under the same name; the rest (timm, HF, CoCa, ResNet, ...) raise a ValueError.
+    # Every config open_clip ships: the plain ViT and ModifiedResNet ones translate to the config clip_jax's
+    # registry holds under the same name; the rest (timm, HF, CoCa, ...) raise a ValueError.
     open_clip = pytest.importorskip("open_clip")
     translated = []
     for name in open_clip.list_models():
@@ -305,8 +304,10 @@ def test_open_clip_model_configs_translate_or_are_refused():
         translated.append(name)
         # Every one is named in clip_jax (infer_config matches shapes against the named configs).
         assert MODEL_CONFIGS.get(name) == cfg, name
-    assert {"ViT-B-32", "ViT-B-16-quickgelu", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14"} <= set(translated)
-    assert not {"coca_ViT-B-32", "roberta-ViT-B-32", "ViT-H-14-worldwide", "RN50", "ViT-B-16-SigLIP"} & set(
+    assert {"ViT-B-32", "ViT-B-16-quickgelu", "ViT-L-14-336", "ViT-H-14", "ViT-bigG-14", "RN50"} <= set(
+        translated
+    )
+    assert not {"coca_ViT-B-32", "roberta-ViT-B-32", "ViT-H-14-worldwide", "ViT-B-16-SigLIP"} & set(
         translated
     )
 
@@ -451,9 +452,9 @@ def with_openai_extras(state_dict: dict, input_resolution: int, context_length=7
     return {**state_dict, **{k: torch.tensor(v) for k, v in extras.items()}}
 
 
-def test_openai_models_are_open_clips_openai_vits():
+def test_openai_models_are_open_clips_openai_models():
     open_clip = pytest.importorskip("open_clip")
-    openai = {name for name, tag in open_clip.list_pretrained() if tag == "openai" and name.startswith("ViT")}
+    openai = {name for name, tag in open_clip.list_pretrained() if tag == "openai"}
     # open_clip lists each under its plain and its -quickgelu name (the activation OpenAI trained with).
     assert set(identify.OPENAI_MODELS) == {n for n in openai if n.endswith("-quickgelu")}
     assert {n.removesuffix("-quickgelu") for n in openai} == {
