@@ -413,7 +413,11 @@ def plot_effective_robustness(
             lw=1.5,
             label=f"ImageNet models' fit (logit), {len(baseline.models)} models",
         )
-    markers = {"ours": ("*", 180, "tab:red", True), "ImageNet models (testbed)": ("o", 12, "tab:blue", False)}
+    markers = {
+        "ours": ("*", 180, "tab:red", True),
+        "ImageNet models (testbed)": ("o", 12, "tab:blue", False),
+        "CLIP (paper)": ("D", 40, "tab:green", True),
+    }
     drawn, labels = {}, {}
     for kind in dict.fromkeys(p.get("kind", "ours") for p in points):
         sel = [p for p in points if p.get("kind", "ours") == kind]
@@ -426,12 +430,21 @@ def plot_effective_robustness(
         for p in sel if annotate else ():
             ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
     if logit:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ticks = [
+            t for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98) if lo <= t <= hi
+        ]
         ax.set_xscale("logit")
         ax.set_yscale("logit")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_ticks(ticks)
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:g}"))
+            axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("reference (ImageNet) top-1 accuracy")
-    ax.set_ylabel("average top-1 accuracy on distribution shifts")
+    ax.set_xlabel("reference (ImageNet) top-1 accuracy, %")
+    ax.set_ylabel("average top-1 accuracy on distribution shifts, %")
     ax.set_title(title or "Effective robustness")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
