@@ -4,9 +4,9 @@
 
 Inputs are JSON record files or folders of them (see clip_jax.eval.results). The CSV is long format, one
 row per (model, pretrained, task, dataset, metric); the markdown has one table per task with a row per
-model and a column per dataset, each cell "ours (paper)". Published numbers (experiments/
+model and a column per dataset, each cell "ours (paper)". Published numbers (clip_jax/eval/metadata/
 published_clip_numbers.json) are shown for records of OpenAI's weights (pretrained containing "openai"),
-matched by model name; numbers are top-1 / recall in percent.
+matched by model name; numbers are top-1 / recall / effective robustness in percent (points).
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ HERE = Path(__file__).resolve().parent
 
 # Metrics reported per task, in column order.
 TASK_METRICS = {
-    "zeroshot_classification": ("acc1",),
+    # effective_robustness: shift accuracy above the ImageNet models' baseline (clip_jax.eval.robustness),
+    # in the shift records and, averaged over the shifts, in the imagenet_shift_average record, which also
+    # holds effective_robustness_of_average (the shift mean against the average baseline, Fig. 13's).
+    "zeroshot_classification": ("acc1", "effective_robustness", "effective_robustness_of_average"),
     "linear_probe": ("acc1",),
     "zeroshot_retrieval": (
         "image_retrieval_recall@1",
@@ -35,7 +38,15 @@ TASK_METRICS = {
     ),
 }
 PAPER_TASK = {"zeroshot_classification": "zeroshot", "linear_probe": "linear_probe"}
-DATASET_ORDER = ("imagenet1k", "imagenetv2", "imagenet-r", "imagenet_sketch", "objectnet", "imagenet-a")
+DATASET_ORDER = (
+    "imagenet1k",
+    "imagenetv2",
+    "imagenet-r",
+    "imagenet_sketch",
+    "objectnet",
+    "imagenet-a",
+    "imagenet_shift_average",
+)
 
 
 def _canonical(model: str) -> str:

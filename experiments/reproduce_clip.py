@@ -8,8 +8,8 @@ distribution shifts, the effective-robustness plot, and linear probes; then the 
 Each --weights is MODEL=PATH (any format clip_jax.load_pretrained reads; OpenAI's .pt files are QuickGELU
 models, hence the -quickgelu names), or MODEL=random for a smoke run. Datasets that are not prepared in the
 TFDS data dir are skipped with a message. Batches are split over all local devices. Writes, under
---output-dir: <model>/zeroshot.json, <model>/linear_probe_<dataset>.json, effective_robustness.png,
-tables.md and tables.csv; classifier weights and image features are cached in cache/ so a rerun after an
+--output-dir: <model>/zeroshot.json (with each shift's effective robustness), <model>/linear_probe_<dataset>
+.json, effective_robustness.png (beside the ImageNet models' fitted baseline), tables.md and tables.csv; classifier weights and image features are cached in cache/ so a rerun after an
 interruption skips what is done.
 """
 
@@ -28,13 +28,7 @@ import jax
 from clip_jax.eval import cli, metadata, results
 from clip_jax.eval.cache import slug
 from clip_jax.eval.linear_probe import LinearProbe
-from clip_jax.eval.robustness import (
-    Robustness,
-    plot_effective_robustness,
-    plot_point,
-    published_points,
-    report_records,
-)
+from clip_jax.eval.robustness import Robustness, plot_point, plot_with_baseline, report_records
 from clip_jax.weights.identify import pretrained_tag
 
 HERE = Path(__file__).resolve().parent
@@ -159,8 +153,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         (out / "tables.md").write_text(tables.to_markdown(rows))
         (out / "tables.csv").write_text(tables.to_csv(rows))
         if points:
-            paper = published_points(args.published) if os.path.exists(args.published) else []
-            plot_effective_robustness(paper + points, out / "effective_robustness.png")
+            plot_with_baseline(points, out / "effective_robustness.png", args.published)
         _log(
             f"wrote {out / 'tables.md'}, {out / 'tables.csv'}"
             + (", effective_robustness.png" if points else "")
