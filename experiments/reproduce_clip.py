@@ -92,7 +92,7 @@ def run_model(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict | N
                 "classifier_cache": cache,
             }
             report = Robustness(config, model).run(params, checkpoint_id=ident.checkpoint_id)
-            zs = report_records(report, ident.model, ident.pretrained)
+            zs = report_records(report, ident.model, ident.pretrained, fields["preprocess"])
             point = plot_point(report, f"{ident.model} ({ident.pretrained})")
             if jax.process_index() == 0:
                 results.write_records(model_dir / "zeroshot.json", zs)
@@ -110,7 +110,10 @@ def run_model(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict | N
             }
             _log(f"{ident.model}: linear probe on {spec.name}")
             metrics = LinearProbe(config, model).run(params, checkpoint_id=ident.checkpoint_id)
-            record = results.make_record(spec.name, ident.model, ident.pretrained, "linear_probe", metrics)
+            note = results.preprocess_note(fields["preprocess"])
+            record = results.make_record(
+                spec.name, ident.model, ident.pretrained, "linear_probe", metrics, preprocess=note
+            )
             if jax.process_index() == 0:
                 results.write_records(model_dir / f"linear_probe_{spec.name}.json", record)
             records.append(record)
@@ -129,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--linear-probe-train-split", default="train")
     parser.add_argument("--C", type=float, default=None, help="fixed C for the probes (default: sweep)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--preprocess", choices=("pil", "tf"), default="pil", help="pil: exact (default)")
     parser.add_argument("--max-batches", type=int, default=None, help="cap per dataset (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))

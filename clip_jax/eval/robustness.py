@@ -536,8 +536,11 @@ def _names(value: Any, where: str) -> list[str]:
     return names
 
 
-def report_records(report: Mapping[str, Any], model: str, pretrained: str) -> list[dict]:
-    """CLIP_benchmark records of a robustness report: one per dataset, and the shift average.
+def report_records(
+    report: Mapping[str, Any], model: str, pretrained: str, preprocess: str = "pil"
+) -> list[dict]:
+    """CLIP_benchmark records of a robustness report: one per dataset, and the shift average, each saying
+    which input pipeline ran (`preprocess`, see `clip_jax.eval.results.preprocess_note`).
 
     A shift with a baseline also gets, in its metrics, "effective_robustness" and "reference_acc1" (the
     ImageNet accuracy its baseline is evaluated at: on its classes for ImageNet-R, -A and ObjectNet), and
@@ -549,7 +552,7 @@ def report_records(report: Mapping[str, Any], model: str, pretrained: str) -> li
     fits = baseline_fits() if er else {}
     records = []
     for name, metrics in report["datasets"].items():
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"preprocess": results.preprocess_note(preprocess)}
         metrics = dict(metrics)
         if name in er:
             metrics.update(effective_robustness=er[name], reference_acc1=reference_accuracy(report, name))
@@ -559,7 +562,10 @@ def report_records(report: Mapping[str, Any], model: str, pretrained: str) -> li
         )
     if report["average_shift_acc1"] is not None:
         metrics = {"acc1": report["average_shift_acc1"]}
-        extra = {"shifts": [n for n in report["datasets"] if n != report["reference"]]}
+        extra = {
+            "shifts": [n for n in report["datasets"] if n != report["reference"]],
+            "preprocess": results.preprocess_note(preprocess),
+        }
         if er:
             metrics["effective_robustness"] = report.get("average_effective_robustness")
             metrics["effective_robustness_of_average"] = report.get("effective_robustness_of_average")
@@ -621,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
     evaluator = cli.build(Robustness, fields | {"datasets": args.datasets}, model)
     report = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
-    records = report_records(report, ident.model, ident.pretrained)
+    records = report_records(report, ident.model, ident.pretrained, args.preprocess)
     if jax.process_index() == 0:
         if args.output:
             results.write_records(args.output, records)
