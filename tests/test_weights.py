@@ -508,3 +508,22 @@ def test_pretrained_tag_of_other_torchscript_archives(tiny_sd, tmp_path, monkeyp
     }
     for name, variant in variants.items():
         assert identify.pretrained_tag(torchscript_of(variant, tmp_path / f"{name}.pt")) == name, name
+
+
+def test_export_writes_its_config_only_where_it_describes_no_other_file(tiny_params, tmp_path):
+    """open_clip_config.json applies to every weights file of its folder: export writes it into a folder
+    of its own, and never beside other weights or over another model's config."""
+    alone = export_open_clip(tiny_params, TINY, tmp_path / "alone" / "model.safetensors")
+    cfg = json.loads((alone.parent / "open_clip_config.json").read_text())["model_cfg"]
+    assert CLIPConfig.from_open_clip(cfg) == TINY
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "other.bin").write_bytes(b"x")
+    with pytest.warns(UserWarning, match="other weights files"):
+        export_open_clip(tiny_params, TINY, tmp_path / "shared" / "model.safetensors")
+    assert not (tmp_path / "shared" / "open_clip_config.json").exists()
+    theirs = {"model_cfg": {"embed_dim": 1}}
+    (alone.parent / "open_clip_config.json").write_text(json.dumps(theirs))
+    (alone.parent / "model.safetensors").unlink()
+    with pytest.warns(UserWarning, match="describes another model"):
+        export_open_clip(tiny_params, TINY, alone)
+    assert json.loads((alone.parent / "open_clip_config.json").read_text()) == theirs

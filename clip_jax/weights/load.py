@@ -167,7 +167,12 @@ def load_pretrained(
 def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> Path:
     """Write `params` as an open_clip-format `.safetensors` that `open_clip`'s model.load_state_dict accepts,
     and the model's config beside it as `open_clip_config.json` ({"model_cfg": ...}, open_clip's layout),
-    so that open_clip (`open_clip.CLIP(**cfg["model_cfg"])`) and clip_jax rebuild the same model."""
+    so that open_clip (`open_clip.CLIP(**cfg["model_cfg"])`) and clip_jax rebuild the same model.
+
+    The config describes every weights file of its folder, so it is written only where it cannot change
+    how another file is read: not into a folder that holds other weights files, and an existing config
+    is never overwritten with a different one (a warning says so; the weights are written either way).
+    """
     from safetensors.numpy import save_file
 
     params = jax.tree.map(np.asarray, unstack_layers(params))
@@ -180,9 +185,28 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
-    config = {"model_cfg": cfg.to_open_clip()}
-    (path.parent / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _write_open_clip_config(path, {"model_cfg": cfg.to_open_clip()})
     return path
+
+
+def _write_open_clip_config(weights: Path, config: dict) -> None:
+    target = weights.parent / "open_clip_config.json"
+    others = [p.name for p in weights.parent.iterdir() if p.suffix in WEIGHT_SUFFIXES and p != weights]
+    if target.exists():
+        if json.loads(target.read_text()) != config:
+            warnings.warn(f"{target} exists and describes another model: left as it is", stacklevel=3)
+        return
+    if others:
+        warnings.warn(
+            f"{weights.parent} holds other weights files {others}: no open_clip_config.json written for "
+            f"{weights.name} (it would apply to them too)",
+            stacklevel=3,
+        )
+        return
+    target.write_text(json.dumps(config, indent=2) + "\n")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 @contextlib.contextmanager
