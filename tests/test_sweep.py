@@ -235,6 +235,39 @@ def test_train_cli_set_and_drop(tmp_path, env):
     assert config["lr_mults"] == [["^text/", 0.5]]
 
 
+def test_run_states_from_disk(tmp_path):
+    """What a run's files say: pending, running (a live process), interrupted (its process is gone),
+    done / failed as the job wrote, and done for a run started by hand that reached total_steps."""
+    from clip_jax.sweep import status
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    assert status.effective(str(run)) == "pending"
+    status.write_json(
+        str(run / "submission.json"), {"executor": "local", "job_id": dead.pid, "submitted": time.time()}
+    )
+    assert status.effective(str(run)) == "interrupted"  # submitted, never started, gone
+    status.update(str(run), status="running", pid=os.getpid(), executor="local")
+    assert status.effective(str(run)) == "running"
+    status.update(str(run), pid=dead.pid)
+    assert status.effective(str(run)) == "interrupted"
+    for final in ("done", "failed"):
+        status.update(str(run), status=final)
+        assert status.effective(str(run)) == final
+    by_hand = tmp_path / "by_hand"
+    by_hand.mkdir()
+    (by_hand / "config.json").write_text(json.dumps({"total_steps": 3}))
+    (by_hand / "metrics.jsonl").write_text('{"step": 3, "loss": 1.0}\n{"step": 3, "eval/x/acc1": 0.5}\n{"st')
+    assert status.effective(str(by_hand)) == "done"
+    (by_hand / "config.json").write_text(json.dumps({"total_steps": 4}))
+    (by_hand / "checkpoints").mkdir()
+    assert status.effective(str(by_hand)) == "interrupted"
+    from clip_jax.sweep.results import final_metrics, read_metrics
+
+    assert final_metrics(read_metrics(str(by_hand))) == {"step": 3, "train/loss": 1.0, "eval/x/acc1": 0.5}
+
+
 # --- Slurm, up to the sbatch script ---
 
 

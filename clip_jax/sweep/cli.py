@@ -30,7 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--retry-failed", action="store_true", help="rerun failed runs (interrupted ones always resume)"
     )
-    p.add_argument("--only", action="append", default=[], help="run only these run names (repeatable)")
+    p.add_argument(
+        "--only", action="append", default=[], help="launch only this run (repeatable); all are summarised"
+    )
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override for every run")
     p.add_argument(
         "--drop", action="append", default=[], metavar="FIELD", help="drop for every run (evals.*)"
@@ -81,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         unknown = set(args.only) - {r.name for r in sweep.runs}
         if unknown:
             raise SystemExit(f"--only: no run named {sorted(unknown)}; --dry-run lists them")
-        sweep.runs = [r for r in sweep.runs if r.name in args.only]
     common = {path: DROP for path in args.drop}
     for item in args.set:
         path, _, text = item.partition("=")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = os.path.abspath(args.workdir)
 
     if args.dry_run:
-        for p in plan(sweep, sweep_dir, common, args.retry_failed):
+        for p in plan(sweep, sweep_dir, common, args.retry_failed, args.only):
             print(f"{p.run.name}  [{p.now} -> {p.action}]{'  ' + p.note if p.note else ''}")
             print(f"  workdir: {p.workdir}")
             print(f"  command: {sweep.train_command(p.run, p.workdir, common)}")
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         slurm=slurm,
         common=common,
         retry_failed=args.retry_failed,
+        only=args.only,
         wait=not args.no_wait,
         poll_s=poll_s,
         log=lambda line: print(line, flush=True),

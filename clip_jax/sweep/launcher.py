@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import ml_collections
@@ -37,14 +37,21 @@ class Planned:
 
 
 def plan(
-    sweep: Sweep, sweep_dir: str, common: Mapping[str, Any] | None = None, retry_failed: bool = False
+    sweep: Sweep,
+    sweep_dir: str,
+    common: Mapping[str, Any] | None = None,
+    retry_failed: bool = False,
+    only: Collection[str] = (),
 ) -> list[Planned]:
-    """What to do with each run. A run whose overrides do not make a valid config is failed here, with
-    the error, and never submitted."""
+    """What to do with each run (`only`: names to consider, default all). A run whose overrides do not
+    make a valid config is failed here, with the error, and never submitted."""
     out = []
     for run in sweep.runs:
         workdir = os.path.join(sweep_dir, run.name)
         now = status.effective(workdir)
+        if only and run.name not in only:
+            out.append(Planned(run, workdir, now, SKIP))
+            continue
         config, error = _resolve(sweep, run, common)
         if now == status.DONE:
             stale = config is not None and _stored_config(workdir) not in (None, _as_dict(config))
@@ -92,6 +99,7 @@ def launch(
     slurm: SlurmOptions | None = None,
     common: Mapping[str, Any] | None = None,
     retry_failed: bool = False,
+    only: Collection[str] = (),
     wait: bool = True,
     poll_s: float = 5.0,
     log: Callable[[str], None] = print,
@@ -100,13 +108,13 @@ def launch(
     write DIR/summary.csv, DIR/summary.md and DIR/plots/; returns the rows."""
     local, slurm = local or LocalOptions(), slurm or SlurmOptions()
     os.makedirs(sweep_dir, exist_ok=True)
-    planned = plan(sweep, sweep_dir, common, retry_failed)
+    planned = plan(sweep, sweep_dir, common, retry_failed, only)
     for p in planned:
         if p.action == SKIP and p.config is None and p.note.startswith("invalid run"):
             status.update(p.workdir, status=status.FAILED, error=p.note, executor="launcher")
         if p.note:
             log(f"{p.run.name}: {p.note}")
-        if p.now == status.INTERRUPTED:
+        if p.now == status.INTERRUPTED and p.action != SKIP:
             status.close_dead_attempt(p.workdir)
     todo = [p for p in planned if p.action in (START, RESUME, RETRY)]
     log(f"sweep {sweep.config_file} -> {sweep_dir}: " + ", ".join(_action_counts(planned)))
@@ -147,10 +155,26 @@ def _run_local(todo, planned, sweep, common, options: LocalOptions, watcher, pol
                 del active[name]
                 free.append(slot)
                 if status.effective(p.workdir) == status.INTERRUPTED:
-                    status.close_dead_attempt(p.workdir)
+                    _record_dead_job(p.workdir, job)
         watcher.show({p.run.name: status.PENDING for p in queue})
         if queue or active or others:
             time.sleep(poll_s)
+
+
+def _record_dead_job(workdir: str, job: Any) -> None:
+    """A job that ended without writing done or failed: failed if submitit caught an exception (e.g. the
+    job could not even load), else interrupted (killed)."""
+    import pickle
+
+    try:
+        with open(job.paths.result_pickle, "rb") as f:
+            outcome, value = pickle.load(f)
+    except Exception:  # no result: the process was killed
+        outcome, value = None, None
+    if outcome == "error":
+        status.update(workdir, status=status.FAILED, error=str(value), attempt_start=None)
+    else:
+        status.close_dead_attempt(workdir)
 
 
 def _logs(p: Planned) -> str:
@@ -173,10 +197,12 @@ def _submit(p: Planned, sweep: Sweep, common, kind: str, executor: Any, cpus: li
         },
     )
     submitted = time.time()  # before the job can write its first status
+    first = status.read(p.workdir, status.SUBMISSION_FILE).get("first_submitted", submitted)
     job = executor.submit(TrainJob(p.config, p.workdir, kind, cpus))
     status.write_json(
         os.path.join(p.workdir, status.SUBMISSION_FILE),
         {
+            "first_submitted": first,
             "executor": kind,
             "job_id": str(job.job_id),
             "host": socket.gethostname(),

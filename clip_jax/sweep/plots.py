@@ -23,7 +23,7 @@ def write_plots(sweep_dir: str, rows: Sequence[Row]) -> list[str]:
     out_dir = os.path.join(sweep_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     done = [r for r in rows if r.status == "done" and r.metrics]
-    metrics = metric_names(done)
+    metrics = metric_names(done, counts=False)
     paths = []
     # Fields with one value among the finished runs neither get a plot nor split the lines of others.
     varying = [f for f in swept_fields(rows) if len({_key(r.overrides.get(f)) for r in done}) > 1]
@@ -89,9 +89,14 @@ def _curves(out_dir: str, rows: Sequence[Row]) -> str:
     import matplotlib.pyplot as plt
 
     series = {r.name: read_metrics(r.workdir) for r in rows}
-    metrics = ["train/loss"] + sorted(
-        {k for recs in series.values() for rec in recs for k in rec if k.startswith("eval/")}
-    )
+    # Eval metrics logged more than once in some run (an evaluation only at the end has no curve).
+    evals = {
+        k
+        for recs in series.values()
+        for k in {k for rec in recs for k in rec if k.startswith("eval/") and not k.endswith("/num_examples")}
+        if sum(k in rec for rec in recs) > 1
+    }
+    metrics = ["train/loss"] + sorted(evals)
     fig, axes = _figure(len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
         for name, records in series.items():

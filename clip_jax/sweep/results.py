@@ -84,8 +84,11 @@ def swept_fields(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r.overrides))
 
 
-def metric_names(rows: Sequence[Row]) -> list[str]:
-    names = {k for r in rows for k in r.metrics if k != "step"}
+def metric_names(rows: Sequence[Row], counts: bool = True) -> list[str]:
+    """The metric columns: train/... then eval/... (`counts`: also eval/.../num_examples)."""
+    names = {
+        k for r in rows for k in r.metrics if k != "step" and (counts or not k.endswith("/num_examples"))
+    }
     train = [f"train/{m}" for m in TRAIN_METRICS if f"train/{m}" in names]
     return train + sorted(n for n in names if n.startswith("eval/"))
 
@@ -109,6 +112,7 @@ def write_summary(sweep_dir: str, rows: Sequence[Row], title: str, plots: Sequen
     """DIR/summary.csv (every value, the full error text) and DIR/summary.md (a table, the errors below)."""
     fields, metrics = swept_fields(rows), metric_names(rows)
     header = ["run", "status", *map(column_name, fields), "step", "wall_s", *metrics]
+    shown = [i for i, h in enumerate(header) if not h.endswith("/num_examples")]  # the md table's columns
     table = []
     for r in rows:
         values = [_cell(r.overrides.get(f, "")) for f in fields]
@@ -131,10 +135,10 @@ def write_summary(sweep_dir: str, rows: Sequence[Row], title: str, plots: Sequen
     os.replace(tmp, os.path.join(sweep_dir, "summary.csv"))
 
     md = [f"# {title}", "", progress_line(rows), ""]
-    md.append("| " + " | ".join(header) + " |")
-    md.append("|" + "|".join("---" for _ in header) + "|")
+    md.append("| " + " | ".join(header[i] for i in shown) + " |")
+    md.append("|" + "|".join("---" for _ in shown) + "|")
     for line in table:
-        md.append("| " + " | ".join(_md(v) for v in line) + " |")
+        md.append("| " + " | ".join(_md(line[i]) for i in shown) + " |")
     bad = [r for r in rows if r.error]
     if bad:
         md += ["", "## Failed and interrupted runs"]
