@@ -347,6 +347,29 @@ def test_local_sweep_of_four_runs(sweep_dir, env, tmp_path_factory):
     md = (sweep_dir / "summary.md").read_text()
     assert all(name in md for name in rows) and "4 runs: 4 done" in md
     assert (sweep_dir / "plots" / "by_seed.png").is_file() and (sweep_dir / "plots" / "curves.png").is_file()
+    assert "4 runs: 0 done, 2 running, 0 failed, 2 pending" in out and "4 runs: 4 done, 0 running" in out
+    # --dry-run lists each run with its workdir, the command of the same single run, and that it is done.
+    dry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "clip_jax.sweep",
+            "--config",
+            str(cfg),
+            "--workdir",
+            str(sweep_dir),
+            "--dry-run",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    for name in rows:
+        assert f"{name}  [done -> skip]" in dry.stdout and f"workdir: {sweep_dir / name}" in dry.stdout
+    assert f"--config {cfg}:ckpt=2 --workdir {sweep_dir / 'ckpt=2,seed=1'} --set seed=1" in dry.stdout
 
 
 def test_killed_run_resumes_signalled_run_requeues_failing_run_alone(sweep_dir, env):
