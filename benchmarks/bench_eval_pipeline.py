@@ -88,14 +88,22 @@ def run(images: int = 512, quick: bool = False) -> list[dict]:
     return rows
 
 
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| pipeline | images/s | vs open_clip's loader |", "|---|---:|---:|"]
+    lines += [f"| {r['name']} | {r['images_per_s']:.0f} | {r['vs_open_clip']:.2f}x |" for r in rows]
+    return "\n".join(lines) + (
+        "\n\nImageNet-like JPEGs (500x375, q90) to 224 px batches of 64. The PIL pipeline's batches equal "
+        "open_clip's preprocess exactly (tests/test_eval_pipeline_exact.py); the tf path is within "
+        "`clip_jax.preprocess.TF_EVAL_GAP` of it (docs/preprocessing.md)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print("| pipeline | images/s | vs open_clip |\n|---|---:|---:|")
-    for row in run(args.images, args.quick):
-        print(f"| {row['name']} | {row['images_per_s']:.0f} | {row['vs_open_clip']:.2f}x |")
+    print(to_markdown(run(args.images, args.quick)))
 
 
 if __name__ == "__main__":

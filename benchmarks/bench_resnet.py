@@ -107,6 +107,17 @@ def run(model: str = "RN50", batch: int = 8, repeats: int = 7, threads: int | No
     )
 
 
+def to_markdown(row: dict) -> str:
+    """RESULTS.md's section: the ratio table, the CPU and the agreement of the two towers' outputs."""
+    from common import ratio_table
+
+    return (
+        ratio_table([row])
+        + f"\n\nCPU: {row['cpu']}; {row['threads']} threads each side; ours compile {row['compile_s']:.1f} s "
+        f"(not in the step time); max relative difference of the features {row['max_rel_err']:.1e}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

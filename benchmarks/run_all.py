@@ -129,6 +129,19 @@ BENCHMARKS = {
         Benchmark("input_pipeline", "bench_input_pipeline", "Input pipeline throughput", _input_pipeline),
         Benchmark("linear_probe", "bench_linear_probe", "Linear probe fit time", _linear_probe),
         Benchmark(
+            "eval_pipeline",
+            "bench_eval_pipeline",
+            "Evaluation input: the exact (PIL) pipeline, its tf.image fast path, and open_clip's loader",
+            lambda m, q: m.run(quick=q),
+        ),
+        Benchmark(
+            "resnet",
+            "bench_resnet",
+            "RN50 image tower inference (fp32) beside open_clip's",
+            lambda m, q: m.run(batch=2 if q else 8, repeats=3 if q else 7),
+            summary=True,
+        ),
+        Benchmark(
             "cpu_variants",
             "cpu_sweep",
             "XLA:CPU investigation: flags, thread counts, model variants, batch sizes",
