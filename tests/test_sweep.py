@@ -263,7 +263,8 @@ def test_run_states_from_disk(tmp_path):
     (by_hand / "config.json").write_text(json.dumps({"total_steps": 4}))
     (by_hand / "checkpoints").mkdir()
     assert status.effective(str(by_hand)) == "interrupted"
-    from clip_jax.sweep.results import final_metrics, read_metrics
+    from clip_jax.sweep.results import final_metrics
+    from clip_jax.sweep.status import read_metrics
 
     assert final_metrics(read_metrics(str(by_hand))) == {"step": 3, "train/loss": 1.0, "eval/x/acc1": 0.5}
 

@@ -9,7 +9,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from clip_jax.sweep.results import Row, column_name, metric_names, read_metrics, swept_fields
+from clip_jax.sweep.results import Row, column_name, metric_names, swept_fields
+from clip_jax.sweep.status import read_metrics
 
 _NCOLS = 3
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ from typing import Any
 
 from clip_jax.sweep import status
 from clip_jax.sweep.spec import ARG_PREFIX, Run
+from clip_jax.sweep.status import read_metrics
 
 # The train metrics a row keeps (the rest of the step's record is for the curves and TensorBoard).
 TRAIN_METRICS = ("loss", "images_per_sec")
@@ -29,21 +29,6 @@ class Row:
     wall_s: float | None
     metrics: dict[str, float]
     error: str = ""  # the last lines of the log of a failed or interrupted run
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of WORKDIR/metrics.jsonl (a half-written last line, from a killed run, is skipped)."""
-    records = []
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return records
 
 
 def final_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:

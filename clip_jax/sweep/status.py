@@ -87,6 +87,21 @@ def close_dead_attempt(workdir: str) -> None:
     update(workdir, status=INTERRUPTED, wall_s=wall, attempt_start=None)
 
 
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """The records of WORKDIR/metrics.jsonl (a half-written last line, from a killed run, is skipped)."""
+    records = []
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return records
+
+
 def finished_by_metrics(workdir: str) -> bool:
     """True when metrics.jsonl reached config.json's total_steps."""
     try:
@@ -94,8 +109,6 @@ def finished_by_metrics(workdir: str) -> bool:
             total = int(json.load(f)["total_steps"])
     except (OSError, KeyError, ValueError):
         return False
-    from clip_jax.sweep.results import read_metrics
-
     return any(r.get("step") == total and "loss" in r for r in read_metrics(workdir))
 
 
