@@ -1,4 +1,4 @@
-"""Image-text training sources: TFDS datasets, img2dataset TFRecord shards, caption folders, the synthetic set.
+"""Image-text training sources: TFDS, TFRecord and webdataset shards, caption folders, the synthetic set.
 
 A source turns the data config into an undecoded, per-host record stream for one epoch
 (`Source.records(epoch)`, deterministic from the seed and epoch) and a cheap `Source.parse(record)` that
@@ -10,7 +10,7 @@ Sources (the data config's `source` field):
 - "tfds": any TFDS dataset with an image and a caption feature, e.g. coco_captions with
   caption_key "captions/text" (several captions per image: one is sampled per image per epoch).
 - "tfrecord": shards as img2dataset writes them (`{shard:05d}.tfrecord`, features "jpg" and "txt");
-  `path` is a directory, a glob, or a comma-separated list of files. A truncated, corrupt or unopenable
+  `path` is a directory, a glob, or a list of files (see below). A truncated, corrupt or unopenable
   file gives the records before the damage, a warning naming it, and one skipped record per epoch.
 - "webdataset": tar shards of samples grouped by key (img2dataset's "webdataset" layout: `000123.jpg`,
   `000123.txt`, `000123.json`), as LAION, DataComp and CC12M come; `path` is a list of shards spelt as
@@ -22,9 +22,10 @@ Sources (the data config's `source` field):
 - "folder": images with a same-named .txt caption beside each (img2dataset's "files" layout), searched
   recursively under `path`.
 
-The sharded sources ("tfrecord", "webdataset") read local paths and whatever tf.io.gfile reaches (gs://),
-else fsspec (s3:// with s3fs installed), in place; their files are split over hosts, whole files per host
-when there are at least as many as hosts.
+The sharded sources ("tfrecord", "webdataset") take brace ranges, globs, directories and files, in lists
+split by commas or "::"; they read local paths and whatever tf.io.gfile reaches (gs://), else fsspec (s3://
+with s3fs installed), in place; their files are split over hosts, whole files per host when there are at
+least as many as hosts.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ def data_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> dict[s
         raise ValueError(f"data config field 'source' is {merged['source']!r}; expected one of {SOURCES}")
     if merged["source"] in (*SHARDED_SOURCES, "folder") and not merged["path"]:
         raise ValueError(f"data config field 'path' is required for source {merged['source']!r}")
-    only = {"resampled": SHARDED_SOURCES, "keys_file": ("webdataset",), "keys_field": ("webdataset",)}
-    only["json_filter"] = ("webdataset",)
+    only = {
+        "resampled": SHARDED_SOURCES,
+        **dict.fromkeys(("keys_file", "keys_field", "json_filter"), ("webdataset",)),
+    }
     for field, sources in only.items():
         if merged[field] and merged["source"] not in sources:
             raise ValueError(
@@ -308,7 +311,7 @@ def _host_files(files: list[str], process_index: int, process_count: int) -> tup
 # (for a tar shard: its image), which parse rejects and the iterator then counts as skipped, like any
 # corrupt record. Field number 0 is invalid protobuf, so no tf.train.Example serialises to it; no image
 # format starts with a zero byte either.
-DAMAGED_FILE_MARKER = b"\x00clip_jax: unreadable TFRecord data"
+DAMAGED_FILE_MARKER = b"\x00clip_jax: unreadable shard data"
 # Bytes a record takes in a file beyond its data: uint64 length, CRC of the length, CRC of the data.
 _RECORD_FRAMING = 16
 # Records per accounting step; a file's stream holds up to this many records in memory.
