@@ -262,7 +262,7 @@ def test_folder_source_pairs_images_with_captions(tmp_path):
 @pytest.mark.parametrize(
     "config, field",
     [
-        ({"source": "webdataset"}, "source"),
+        ({"source": "webdatasets"}, "source"),
         ({"source": "synthetic", "shufle_buffer": 10}, "shufle_buffer"),
         ({"source": "tfrecord"}, "path"),
         ({"source": "tfds"}, "name"),

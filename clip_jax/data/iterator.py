@@ -235,7 +235,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         if self._epoch_skipped:
             logging.warning(
                 "data: epoch %d skipped %d corrupt records (undecodable image, missing/empty caption, or "
-                "one per damaged TFRecord file); %d in total",
+                "one per damaged shard); %d in total",
                 self._epoch,
                 self._epoch_skipped,
                 self._skipped,
