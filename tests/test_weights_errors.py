@@ -197,11 +197,12 @@ def test_unreadable_config_json_is_named(tiny_sd, tmp_path):
 
 def test_config_json_of_another_architecture_is_named(tiny_sd, tmp_path):
     (tmp_path / "open_clip_config.json").write_text(
-        json.dumps({"embed_dim": 64, "vision_cfg": {"layers": [3, 4, 6, 3]}, "text_cfg": {}})
+        # A timm image tower: an architecture clip_jax does not build (ResNets it now does).
+        json.dumps({"embed_dim": 64, "vision_cfg": {"timm_model_name": "convnext_base"}, "text_cfg": {}})
     )
     path = write_safetensors(tiny_sd, tmp_path / "open_clip_model.safetensors")
     msg = error_of(path, None)
-    assert msg.startswith(f"{tmp_path / 'open_clip_config.json'}: ") and "ResNet" in msg
+    assert msg.startswith(f"{tmp_path / 'open_clip_config.json'}: ") and "timm_model_name" in msg
 
 
 def test_uninferable_config_names_the_file(tiny_sd, tmp_path):
