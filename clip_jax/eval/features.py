@@ -4,6 +4,7 @@ axes (`clip_jax.eval.runtime`), with checks that they can be ranked.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,7 +53,7 @@ def encode_in_batches(
 ) -> np.ndarray:
     """Encode a large array in fixed-size chunks (the last one padded, so there is one compilation)."""
     starts: Iterable[int] = range(0, x.shape[0], batch_size)
-    if progress is not None and jax.process_index() == 0:
+    if progress is not None and jax.process_index() == 0 and sys.stderr.isatty():
         from tqdm import tqdm
 
         starts = tqdm(starts, desc=progress, unit="batch", leave=False)

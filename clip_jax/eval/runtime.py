@@ -10,6 +10,7 @@ process, and results are gathered so that every process sees all real examples o
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -112,7 +113,8 @@ def iterate_batches(
 ) -> Iterator[Batch]:
     """The dataset's batches, optionally capped and wrapped in a tqdm progress bar named `progress`."""
     it: Iterable[Batch] = dataset
-    if progress is not None and jax.process_index() == 0:
+    # Bars only on a terminal: in a log file their carriage-return refreshes pile up.
+    if progress is not None and jax.process_index() == 0 and sys.stderr.isatty():
         from tqdm import tqdm
 
         it = tqdm(it, desc=progress, unit="batch", leave=False)
