@@ -117,26 +117,7 @@ def _register_clip_jax_config(open_clip: Any, name: str) -> None:
     from clip_jax.models import get_model_config
 
     c = get_model_config(name)
-    v, t = c.vision, c.text
-    open_clip.factory._MODEL_CONFIGS[name] = {
-        "embed_dim": c.embed_dim,
-        "quick_gelu": c.quick_gelu,
-        "vision_cfg": {
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "width": v.width,
-            "layers": v.layers,
-            "head_width": v.head_width,
-            "mlp_ratio": v.mlp_ratio,
-        },
-        "text_cfg": {
-            "context_length": t.context_length,
-            "vocab_size": t.vocab_size,
-            "width": t.width,
-            "heads": t.heads,
-            "layers": t.layers,
-        },
-    }
+    open_clip.factory._MODEL_CONFIGS[name] = c.to_open_clip()
 
 
 def main() -> None:
