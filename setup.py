@@ -20,6 +20,7 @@ CORE = [
     "matplotlib>=3.8",
     "absl-py>=2.1",
     "submitit>=1.5.4,<2",  # clip_jax.sweep: local and Slurm executors
+    "sentencepiece>=0.2",  # SigLIP's tokenizer (its checkpoints ship a spiece.model)
     "braceexpand>=0.1.7",  # webdataset shard lists ("{00000..00099}.tar"), expanded as open_clip does
 ]
 
