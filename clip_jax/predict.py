@@ -4,7 +4,8 @@
         --image dog.jpg --labels "a diagram,a dog,a cat"
 
 Prints the probability of each label: softmax over labels of exp(logit_scale) * cos(image, text)
-(exp(logit_scale) is 100 for OpenAI's trained models).
+(exp(logit_scale) is 100 for OpenAI's trained models); for a model with a logit bias (SigLIP), each label's
+own sigmoid(exp(logit_scale) * cos + bias), as SigLIP was trained.
 """
 
 from __future__ import annotations
@@ -12,34 +13,54 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_jax.models.clip import CLIP
+from clip_jax.models.clip import CLIP, label_probabilities
 from clip_jax.preprocess import load_image, preprocess_image
+from clip_jax.siglip_tokenizer import find_siglip_tokenizer
 from clip_jax.tokenizer import tokenize
 from clip_jax.weights import load_pretrained
 
 
-def label_probs(model: CLIP, params: dict, images: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    """float32 [N, len(labels)]: per image, the softmax over labels of the scaled cosine similarities."""
-    tokens = tokenize(list(labels), context_length=model.cfg.text.context_length)
+def label_probs(
+    model: CLIP,
+    params: dict,
+    images: np.ndarray,
+    labels: Sequence[str],
+    tokenizer: Callable[[list[str]], np.ndarray] | None = None,
+) -> np.ndarray:
+    """float32 [N, len(labels)]: per image, the softmax over labels of the scaled cosine similarities, or
+    with a logit bias (SigLIP) the sigmoid of each (`clip_jax.models.label_probabilities`).
+
+    `tokenizer` (texts -> ids [T, L]) defaults to CLIP's BPE; a SigLIP model needs its checkpoint's
+    (`clip_jax.siglip_tokenizer.find_siglip_tokenizer`)."""
+    if tokenizer is None:
+        tokens = tokenize(list(labels), context_length=model.cfg.text.context_length)
+    else:
+        tokens = tokenizer(list(labels))
     return np.asarray(_label_probs(model, params, jnp.asarray(images), jnp.asarray(tokens)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _label_probs(model: CLIP, params: dict, images: jax.Array, tokens: jax.Array) -> jax.Array:
-    img, txt, scale = model.apply({"params": params}, images, tokens)[:3]
-    return jax.nn.softmax(scale * img @ txt.T, axis=-1)
+    img, txt, scale, *bias = model.apply({"params": params}, images, tokens)
+    return label_probabilities(img, txt, scale, bias[0] if bias else None)
 
 
-def predict(model: CLIP, params: dict, image: str | os.PathLike, labels: Sequence[str]) -> np.ndarray:
+def predict(
+    model: CLIP,
+    params: dict,
+    image: str | os.PathLike,
+    labels: Sequence[str],
+    tokenizer: Callable[[list[str]], np.ndarray] | None = None,
+) -> np.ndarray:
     """Label probabilities [len(labels)] for one image file."""
     pixels = preprocess_image(load_image(image), model.cfg.vision.image_size)
-    return label_probs(model, params, pixels[None], labels)[0]
+    return label_probs(model, params, pixels[None], labels, tokenizer)[0]
 
 
 def parse_labels(text: str) -> list[str]:
@@ -66,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
     args = parser.parse_args(argv)
     labels = parse_labels(args.labels)
     model, params = load_pretrained(args.model, args.weights, quick_gelu=args.quick_gelu)
-    probs = predict(model, params, args.image, labels)
+    # A SigLIP checkpoint ships its sentencepiece vocabulary (spiece.model) beside its weights.
+    tokenizer = find_siglip_tokenizer(args.weights, model.cfg.text.context_length)
+    probs = predict(model, params, args.image, labels, tokenizer)
     width = max(len(label) for label in labels)
     print(f"Label probs for {args.image}:")
     for label, p in zip(labels, probs, strict=True):

@@ -30,9 +30,17 @@ from clip_jax.models.clip import CLIP, l2_normalize
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
 
 
-def _default_tokenizer(context_length: int) -> Tokenizer:
+def _default_tokenizer(model: CLIP) -> Tokenizer:
+    """CLIP's BPE. A SigLIP-style text tower (pooled at the last position) was trained with its own
+    vocabulary, which only its checkpoint has: the caller must pass it."""
     from clip_jax.tokenizer import tokenize
 
+    if model.cfg.text.pool_type != "argmax":
+        raise ValueError(
+            "this text tower does not read CLIP's BPE ids: pass its tokenizer (for SigLIP, "
+            "clip_jax.siglip_tokenizer.find_siglip_tokenizer(<checkpoint directory>))"
+        )
+    context_length = model.cfg.text.context_length
     return lambda texts: tokenize(list(texts), context_length=context_length)
 
 
@@ -70,9 +78,11 @@ def build_zeroshot_classifier(
         )
         if os.path.exists(cache_path):
             return np.load(cache_path)
-    tokenizer = tokenizer or _default_tokenizer(model.cfg.text.context_length)
+    tokenizer = tokenizer or _default_tokenizer(model)
     texts = [t.format(c) for c in classnames for t in templates]
-    tokens = F.trim_tokens(np.asarray(tokenizer(texts), np.int32))
+    tokens = np.asarray(tokenizer(texts), np.int32)
+    if model.cfg.text.padding_inert:  # not SigLIP's: it reads every column
+        tokens = F.trim_tokens(tokens)
     encoder = F.text_encoder(model, params, normalize=True, mesh=mesh)
     emb = F.encode_in_batches(encoder, tokens, batch_size, "zero-shot classifier" if progress else None)
     F.check_finite(emb, "text", "zero-shot classifier prompts")
@@ -122,6 +132,8 @@ def head_for(name: str | None, num_classes: int = 1000) -> Head:
     raise ValueError(f"unknown head {name!r}")
 
 
+# A fixed scale of 100, whatever the model's own: top-k accuracy depends only on the ranking of cos(image,
+# class), which neither a scale nor SigLIP's bias changes; probabilities are `label_probabilities`'.
 def _zeroshot_logits(p: Any, images: jax.Array, classifier: jax.Array, *, model: CLIP) -> jax.Array:
     f = l2_normalize(model.apply({"params": p}, images, method=CLIP.encode_image))
     return 100.0 * f @ classifier

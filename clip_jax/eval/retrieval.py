@@ -103,7 +103,9 @@ def retrieval_eval(
     if not present.any(axis=1).all():
         raise ValueError(f"{int((~present.any(axis=1)).sum())} images have no caption")
     text_to_image = np.nonzero(present)[0]
-    flat = F.trim_tokens(tokens[present])
+    flat = tokens[present]
+    if model.cfg.text.padding_inert:  # not SigLIP's text tower: it reads every column
+        flat = F.trim_tokens(flat)
     text_feats = F.encode_in_batches(F.text_encoder(model, params, mesh=mesh), flat, text_batch_size)
     F.check_finite(text_feats, "text", "retrieval")
     metrics = retrieval_metrics(image_feats, text_feats, text_to_image, ks)

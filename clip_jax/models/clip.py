@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +24,9 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
 class CLIP(nn.Module):
     """CLIP(cfg).apply({'params': p}, images, tokens) -> (image_features, text_features, logit_scale[, bias]).
 
+    SigLIP is this model too (its config's switches; a logit bias): its logits are
+    logit_scale * img @ txt.T + bias, and its probabilities their sigmoid (`label_probabilities`).
+
     `encode_image` and `encode_text` return *unnormalised* features (as open_clip's do with
     normalize=False); `__call__` returns L2-normalised features and exp(logit_scale).
     """
@@ -41,6 +43,8 @@ class CLIP(nn.Module):
         kw = dict(
             embed_dim=self.cfg.embed_dim,
             quick_gelu=self.cfg.quick_gelu,
+            gelu_approximate=self.cfg.gelu_approximate,
+            norm_eps=self.cfg.norm_eps,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             scan=self.scan,
@@ -49,7 +53,7 @@ class CLIP(nn.Module):
         )
         self.visual = image_tower(self.cfg, patch_dropout=self.patch_dropout, **kw)
         self.text = TextTransformer(self.cfg.text, **kw)
-        self.logit_scale = self.param("logit_scale", _scalar_init(math.log(1 / 0.07)), (), jnp.float32)
+        self.logit_scale = self.param("logit_scale", _scalar_init(self.cfg.init_logit_scale), (), jnp.float32)
         if self.cfg.init_logit_bias is not None:
             self.logit_bias = self.param(
                 "logit_bias", _scalar_init(self.cfg.init_logit_bias), (), jnp.float32
@@ -68,6 +72,21 @@ class CLIP(nn.Module):
         if self.cfg.init_logit_bias is not None:
             out = out + (self.logit_bias,)
         return out
+
+
+def label_probabilities(
+    img: jax.Array, txt: jax.Array, logit_scale: jax.Array, logit_bias: jax.Array | None = None
+) -> jax.Array:
+    """Per image (unit features img [N, D] against unit txt [T, D]), the probability of each text.
+
+    CLIP (no logit bias) was trained with a softmax over the batch's texts: softmax over the T texts of
+    logit_scale * cos. SigLIP (a logit bias) was trained with an independent sigmoid per pair:
+    sigmoid(logit_scale * cos + bias), which need not sum to 1 over texts. Both rank texts the same.
+    """
+    logits = logit_scale * img @ txt.T
+    if logit_bias is None:
+        return jax.nn.softmax(logits, axis=-1)
+    return jax.nn.sigmoid(logits + logit_bias)
 
 
 def image_tower(cfg: CLIPConfig, **kw: Any) -> nn.Module:
@@ -124,7 +143,7 @@ def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
         if name.endswith("['bias']"):
             return np.zeros(leaf.shape, leaf.dtype)
         if name.endswith("['logit_scale']"):
-            return np.full(leaf.shape, np.log(1 / 0.07), leaf.dtype)
+            return np.full(leaf.shape, model.cfg.init_logit_scale, leaf.dtype)
         return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -7,6 +7,7 @@ those files (`CLIPConfig.from_open_clip`) and so that a reader can compare them 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,14 @@ RESNET_STRIDE = 32
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """A ViT image tower, or with `layers` a tuple of 4 block counts (as open_clip's vision_cfg has it) an
-    OpenAI ModifiedResNet: `width` is then its stem width and `patch_size` is unused (None)."""
+    OpenAI ModifiedResNet: `width` is then its stem width and `patch_size` is unused (None).
+
+    The defaults are OpenAI's ViT. SigLIP's differs in five switches (open_clip's names where it has them):
+    `pool_type` "map" pools by multihead attention of a learned probe (after ln_post on every token)
+    instead of taking the class token ("tok"); `class_token` False drops the class token; `patch_bias`
+    gives the patch embedding a bias; `no_ln_pre` drops ln_pre; `proj` False drops the projection, so the
+    pooled width is the embedding (embed_dim must equal width).
+    """
 
     image_size: int = 224
     patch_size: int | None = 32
@@ -25,14 +33,30 @@ class VisionConfig:
     layers: int | tuple[int, ...] = 12
     head_width: int = 64
     mlp_ratio: float = 4.0
+    pool_type: str = "tok"
+    class_token: bool = True
+    patch_bias: bool = False
+    no_ln_pre: bool = False
+    proj: bool = True
 
     def __post_init__(self) -> None:
         # JSON and open_clip give lists; a tuple keeps the config hashable (it keys cached shapes).
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
+        if self.pool_type not in VISION_POOL_TYPES:
+            raise ValueError(f"vision pool_type {self.pool_type!r}: choose from {VISION_POOL_TYPES}")
+        if self.pool_type == "tok" and not self.class_token:
+            raise ValueError('vision pool_type "tok" pools the class token: it needs class_token=True')
         if self.resnet:
             if len(self.layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in self.layers):
                 raise ValueError(f"a ResNet tower has 4 stages of >= 1 blocks, got layers={self.layers}")
+            vit_only = {
+                f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name in _VIT_ONLY and getattr(self, f.name) != f.default
+            }
+            if vit_only:
+                raise ValueError(f"{vit_only} describe a ViT tower; a ResNet (layers a tuple) has none")
             # Unused by a ResNet: one value, so that equal towers compare (and hash) equal.
             object.__setattr__(self, "patch_size", None)
         elif self.patch_size is None:
@@ -57,22 +81,51 @@ class VisionConfig:
         return self.image_size // (RESNET_STRIDE if self.resnet else self.patch_size)
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches in the sequence (and rows before the grid in positional_embedding)."""
+        return 1 if self.class_token else 0
+
+    @property
     def mlp_width(self) -> int:
         return int(self.width * self.mlp_ratio)
 
 
+VISION_POOL_TYPES = ("tok", "map")
+# VisionConfig fields that only a ViT reads.
+_VIT_ONLY = ("pool_type", "class_token", "patch_bias", "no_ln_pre", "proj")
+TEXT_POOL_TYPES = ("argmax", "last")
+
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
+    """The text transformer. The defaults are OpenAI's: causal, pooled at the end-of-text token (the
+    largest id, hence "argmax"), projected without bias. SigLIP's (open_clip's names): `no_causal_mask`,
+    `pool_type` "last" (the last position: SigLIP pads every caption to the full context) and `proj_bias`.
+    """
+
     context_length: int = 77
     vocab_size: int = 49408
     width: int = 512
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    no_causal_mask: bool = False
+    pool_type: str = "argmax"
+    proj_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pool_type not in TEXT_POOL_TYPES:
+            raise ValueError(f"text pool_type {self.pool_type!r}: choose from {TEXT_POOL_TYPES}")
 
     @property
     def mlp_width(self) -> int:
         return int(self.width * self.mlp_ratio)
+
+    @property
+    def padding_inert(self) -> bool:
+        """True when the columns after every row's end-of-text token cannot change the features (causal
+        mask, pooled at the EOT), so that evaluators may cut them off; SigLIP's tower reads them all."""
+        return not self.no_causal_mask and self.pool_type == "argmax"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +133,26 @@ class CLIPConfig:
     embed_dim: int = 512
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
-    # OpenAI's weights were trained with QuickGELU, open_clip's own with exact (erf) GELU.
+    # OpenAI's weights were trained with QuickGELU, open_clip's own with exact (erf) GELU, SigLIP's with
+    # the tanh approximation of GELU (HF's "gelu_pytorch_tanh"): `gelu_approximate`, exclusive with
+    # quick_gelu.
     quick_gelu: bool = False
+    gelu_approximate: bool = False
+    # LayerNorm epsilon of every LayerNorm in both towers: torch's 1e-5 (OpenAI, open_clip), SigLIP's 1e-6.
+    norm_eps: float = 1e-5
     # SigLIP-style models carry a learned logit bias; CLIP models do not.
     init_logit_bias: float | None = None
+    # Initial log temperature: CLIP's log(1/0.07), SigLIP's log(10). Loaded weights carry their own.
+    init_logit_scale: float = math.log(1 / 0.07)  # _DEFAULT_LOGIT_SCALE
+
+    def __post_init__(self) -> None:
+        if self.quick_gelu and self.gelu_approximate:
+            raise ValueError("quick_gelu and gelu_approximate are exclusive: pick one activation")
+        if not self.vision.resnet and not self.vision.proj and self.embed_dim != self.vision.width:
+            raise ValueError(
+                f"an image tower without projection (vision.proj=False) gives its width "
+                f"{self.vision.width} as the embedding, but embed_dim is {self.embed_dim}"
+            )
 
     def replace(self, **kwargs: Any) -> CLIPConfig:
         return dataclasses.replace(self, **kwargs)
@@ -146,8 +215,18 @@ class CLIPConfig:
 
     def to_open_clip(self) -> dict[str, Any]:
         """The open_clip `model_configs/*.json` dict of this config (`from_open_clip`'s inverse), which
-        `open_clip.CLIP(**cfg)` builds and open_clip's factory reads from `open_clip_config.json`."""
+        `open_clip.CLIP(**cfg)` builds and open_clip's factory reads from `open_clip_config.json`.
+
+        A SigLIP-style config (any of the options the plain CLIP towers lack) raises a ValueError naming
+        them: open_clip builds SigLIP's image tower from timm, which has other parameter names.
+        """
         v, t = self.vision, self.text
+        unsupported = _non_default(self, ("gelu_approximate", "norm_eps"), "")
+        if not v.resnet:
+            unsupported += _non_default(v, _VIT_ONLY, "vision.")
+        unsupported += _non_default(t, ("no_causal_mask", "pool_type", "proj_bias"), "text.")
+        if unsupported:
+            raise ValueError(f"open_clip's CLIP towers cannot express {unsupported}")
         out: dict[str, Any] = {
             "embed_dim": self.embed_dim,
             "quick_gelu": self.quick_gelu,
@@ -171,7 +250,17 @@ class CLIPConfig:
         }
         if self.init_logit_bias is not None:
             out["init_logit_bias"] = self.init_logit_bias
+        if self.init_logit_scale != _DEFAULT_LOGIT_SCALE:
+            out["init_logit_scale"] = self.init_logit_scale
         return out
+
+
+_DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
+
+
+def _non_default(cfg: Any, names: tuple[str, ...], prefix: str) -> list[str]:
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return [f"{prefix}{n}={getattr(cfg, n)!r}" for n in names if getattr(cfg, n) != defaults[n]]
 
 
 # open_clip config keys clip_jax reads: _ANY when translated (or inert, such as output_tokens), else the
@@ -324,10 +413,34 @@ _BASE_CONFIGS: dict[str, CLIPConfig] = {
     ),
 }
 
+# SigLIP (Zhai et al. 2023), as HF's google/siglip-base-patch16-224 has it: MAP-pooled ViT without class
+# token, ln_pre or projection; non-causal text tower pooled at the last of its 64 positions, with a biased
+# head; tanh GELU, LayerNorm eps 1e-6, and the sigmoid loss's logit scale log(10) and bias -10.
+_SIGLIP_VISION = dict(pool_type="map", class_token=False, patch_bias=True, no_ln_pre=True, proj=False)
+_SIGLIP_TEXT = dict(no_causal_mask=True, pool_type="last", proj_bias=True)
+_SIGLIP = dict(gelu_approximate=True, norm_eps=1e-6, init_logit_bias=-10.0, init_logit_scale=math.log(10))
+_SIGLIP_CONFIGS: dict[str, CLIPConfig] = {
+    "ViT-B-16-SigLIP": CLIPConfig(
+        768,
+        VisionConfig(224, 16, 768, 12, **_SIGLIP_VISION),
+        TextConfig(64, 32000, 768, 12, 12, **_SIGLIP_TEXT),
+        **_SIGLIP,
+    ),
+    # A small SigLIP for tests (a sentencepiece vocab of 1000 pieces).
+    "tiny-siglip": CLIPConfig(
+        64,
+        VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16, **_SIGLIP_VISION),
+        TextConfig(context_length=64, vocab_size=1000, width=64, heads=4, layers=2, **_SIGLIP_TEXT),
+        **_SIGLIP,
+    ),
+}
+
 MODEL_CONFIGS: dict[str, CLIPConfig] = {}
 for _name, _cfg in _BASE_CONFIGS.items():
     MODEL_CONFIGS[_name] = _cfg
     MODEL_CONFIGS[_name + "-quickgelu"] = _cfg.replace(quick_gelu=True)
+# SigLIP was trained with its tanh GELU only: no -quickgelu variants.
+MODEL_CONFIGS.update(_SIGLIP_CONFIGS)
 
 
 def get_model_config(name: str) -> CLIPConfig:

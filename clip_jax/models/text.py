@@ -1,4 +1,5 @@
-"""Causal text transformer with OpenAI CLIP's layout, pooled at the end-of-text token."""
+"""Causal text transformer with OpenAI CLIP's layout, pooled at the end-of-text token; with TextConfig's
+switches SigLIP's (no causal mask, pooled at the last position, projection with bias)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import TextConfig
-from clip_jax.models.transformer import LayerNorm, Transformer, _p
+from clip_jax.models.transformer import LN_EPS, LayerNorm, Transformer, _p
 
 
 class TextTransformer(nn.Module):
@@ -21,10 +22,13 @@ class TextTransformer(nn.Module):
     scan: bool = False
     remat_policy: str = "none"
     attention_impl: str | None = None
+    gelu_approximate: bool = False
+    norm_eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, tokens: jax.Array, hidden_layer: int | None = None) -> jax.Array:
-        """tokens: int [B, L]. Returns the projected EOT features [B, embed_dim].
+        """tokens: int [B, L]. Returns the projected EOT (or, pool_type "last", last-position) features
+        [B, embed_dim].
 
         With `hidden_layer=i`, returns instead the per-token hidden states [B, L, width] after block i
         (Python indexing, so -2 is the penultimate block), before ln_final: the prompt conditioning
@@ -48,14 +52,19 @@ class TextTransformer(nn.Module):
         if tokens.shape[1] > cfg.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the context length {cfg.context_length}")
         x = x + pos[: tokens.shape[1]].astype(self.dtype)
-        # The end-of-text token has the largest id in the vocabulary, so argmax finds it.
-        eot = jnp.argmax(tokens, axis=-1)
+        if cfg.pool_type == "argmax":
+            # The end-of-text token has the largest id in the vocabulary, so argmax finds it.
+            eot = jnp.argmax(tokens, axis=-1)
+        else:
+            eot = jnp.full(tokens.shape[:1], tokens.shape[1] - 1, jnp.int32)
         x = Transformer(
             cfg.layers,
             cfg.heads,
             cfg.mlp_width,
             quick_gelu=self.quick_gelu,
-            causal=True,
+            gelu_approximate=self.gelu_approximate,
+            norm_eps=self.norm_eps,
+            causal=not cfg.no_causal_mask,
             scan=self.scan,
             remat_policy=self.remat_policy,
             attention_impl=self.attention_impl,
@@ -64,11 +73,19 @@ class TextTransformer(nn.Module):
         )(x, return_layer=hidden_layer, pool_rows=None if hidden_layer is not None else eot)
         if hidden_layer is not None:
             return x
-        pooled = LayerNorm(name="ln_final", **kw)(x)
+        pooled = LayerNorm(name="ln_final", eps=self.norm_eps, **kw)(x)
+        init = nn.initializers.normal(cfg.width**-0.5)
+        if cfg.proj_bias:
+            # A Linear with bias, as open_clip's proj_bias tower (and SigLIP's head) has it.
+            dense = nn.Dense(
+                self.embed_dim,
+                kernel_init=_p(init, ("embed", "joint")),
+                bias_init=_p(nn.initializers.zeros, ("joint",)),
+                name="text_projection",
+                **kw,
+            )
+            return dense(pooled)
         proj = self.param(
-            "text_projection",
-            _p(nn.initializers.normal(cfg.width**-0.5), ("embed", "joint")),
-            (cfg.width, self.embed_dim),
-            self.param_dtype,
+            "text_projection", _p(init, ("embed", "joint")), (cfg.width, self.embed_dim), self.param_dtype
         )
         return pooled @ proj.astype(self.dtype)

@@ -40,8 +40,16 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return 0.5 * x * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
 
 
-def activation_fn(quick: bool) -> Callable[[jax.Array], jax.Array]:
-    return quick_gelu if quick else exact_gelu
+def tanh_gelu(x: jax.Array) -> jax.Array:
+    """GELU's tanh approximation, torch's gelu(approximate="tanh") (HF's "gelu_pytorch_tanh"): SigLIP's."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def activation_fn(quick: bool, approximate: bool = False) -> Callable[[jax.Array], jax.Array]:
+    """QuickGELU, tanh GELU (`approximate`) or exact GELU, as a model config's two switches choose."""
+    if quick and approximate:
+        raise ValueError("quick_gelu and gelu_approximate are exclusive")
+    return quick_gelu if quick else tanh_gelu if approximate else exact_gelu
 
 
 def _p(init: Callable, names: tuple[str | None, ...]) -> Callable:
@@ -116,10 +124,11 @@ def dense_on_rows(x: jax.Array, kernel: jax.Array, in_dims: int = 1) -> jax.Arra
 
 
 class LayerNorm(nn.Module):
-    """torch.nn.LayerNorm(eps=1e-5): two-pass variance in float32, then cast to the compute dtype."""
+    """torch.nn.LayerNorm(eps=1e-5, or `eps`): two-pass variance in float32, then cast to the compute dtype."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,7 +138,7 @@ class LayerNorm(nn.Module):
         x = x.astype(jnp.float32)
         centred = x - jnp.mean(x, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        y = centred * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         return y.astype(self.dtype)
 
 
@@ -145,14 +154,27 @@ class Attention(nn.Module):
     out_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
-    def __call__(self, x: jax.Array, query_rows: jax.Array | None = None) -> jax.Array:
-        """x [B, L, W] -> [B, L, W]; with `query_rows` [B] (int), only those query rows: [B, 1, W]."""
+    def __call__(
+        self, x: jax.Array, query_rows: jax.Array | None = None, context: jax.Array | None = None
+    ) -> jax.Array:
+        """x [B, L, W] -> [B, L, W]; with `query_rows` [B] (int), only those query rows: [B, 1, W].
+
+        With `context` [B, N, W], x's rows query the keys and values of context's (cross-attention, as
+        SigLIP's attention-pooling probe does), without mask: [B, L, W].
+        """
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        q, k, v = QKVProjection(self.heads, kernel_init=self.qkv_init, name="qkv", **kw)(x)
+        qkv = QKVProjection(self.heads, kernel_init=self.qkv_init, name="qkv", **kw)
+        q, k, v = qkv(x) if context is None else qkv(x, context)
         q, k, v = (
             nn.with_logical_constraint(a, ("act_batch", "act_len", "act_heads", None)) for a in (q, k, v)
         )
-        if query_rows is None:
+        if context is not None:
+            if self.causal or query_rows is not None:
+                raise ValueError("cross-attention (context) takes neither a causal mask nor query_rows")
+            # A few queries (the pooling probe) against every token: a negligible share of the work, so
+            # XLA's path whatever the setting (cuDNN's kernel wants equal lengths).
+            out = jax.nn.dot_product_attention(q, k, v)
+        elif query_rows is None:
             out = attention(q, k, v, causal=self.causal, implementation=self.attention_impl)
         else:
             # One query per sequence attends to every key (or, causally, to keys up to its position).
@@ -273,7 +295,10 @@ class QKVProjection(nn.Module):
     kernel_init: Callable = nn.initializers.normal(0.02)
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q from x, k and v from `context` (default: x itself)."""
         width = x.shape[-1]
         head_dim = width // self.heads
         kernel = self.param(
@@ -289,7 +314,8 @@ class QKVProjection(nn.Module):
             self.param_dtype,
         )
         kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
-        q, k, v = (dense_on_rows(x, kernel[:, i]) + bias[i] for i in range(3))
+        sources = (x, x, x) if context is None else (x, context, context)
+        q, k, v = (dense_on_rows(a, kernel[:, i]) + bias[i] for i, a in enumerate(sources))
         return q, k, v
 
 
@@ -317,6 +343,7 @@ class AttentionOut(nn.Module):
 class MLP(nn.Module):
     mlp_width: int
     quick_gelu: bool = False
+    gelu_approximate: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     inits: dict[str, Callable] | None = None  # c_fc, c_fc_bias, c_proj, c_proj_bias (block_initializers)
@@ -343,7 +370,7 @@ class MLP(nn.Module):
         # Both matmuls on [B*L, .] rows, for the reason given in dense_on_rows.
         h = c_fc(x.reshape(-1, width)).reshape(*x.shape[:-1], self.mlp_width)
         h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_mlp"))
-        h = activation_fn(self.quick_gelu)(h)
+        h = activation_fn(self.quick_gelu, self.gelu_approximate)(h)
         return c_proj(h.reshape(-1, self.mlp_width)).reshape(x.shape)
 
 
@@ -355,6 +382,8 @@ class ResidualAttentionBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    gelu_approximate: bool = False
+    norm_eps: float = LN_EPS
     # Under nn.scan, also emit each block's output so a caller can pick an intermediate layer.
     emit_hidden: bool = False
     init_scheme: str = "text"  # see INIT_SCHEMES
@@ -370,7 +399,7 @@ class ResidualAttentionBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         inits = block_initializers(self.init_scheme, x.shape[-1], self.mlp_width, self.depth)
         x = nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
-        h = LayerNorm(name="ln_1", **kw)(x)
+        h = LayerNorm(name="ln_1", eps=self.norm_eps, **kw)(x)
         attn = Attention(
             self.heads,
             self.causal,
@@ -383,11 +412,59 @@ class ResidualAttentionBlock(nn.Module):
         if out_rows is not None:
             x = take_rows(x, out_rows)
         x = x + attn(h, out_rows)
-        h = LayerNorm(name="ln_2", **kw)(x)
+        h = LayerNorm(name="ln_2", eps=self.norm_eps, **kw)(x)
         mlp_inits = {k: v for k, v in inits.items() if k.startswith("c_")}
-        x = x + MLP(self.mlp_width, self.quick_gelu, inits=mlp_inits, name="mlp", **kw)(h)
+        mlp = MLP(
+            self.mlp_width,
+            quick_gelu=self.quick_gelu,
+            gelu_approximate=self.gelu_approximate,
+            inits=mlp_inits,
+            name="mlp",
+            **kw,
+        )
+        x = x + mlp(h)
         # Returned as a (carry, output) pair so the same module works under nn.scan.
         return x, (x if self.emit_hidden else None)
+
+
+class AttentionPool(nn.Module):
+    """Multihead attention pooling (MAP, as SigLIP's image tower pools): a learned probe queries the
+    tokens, then a pre-LN MLP with a residual, as in a block without its first LayerNorm.
+
+    Parameters: probe [1, W]; attn (the blocks' packed q/k/v and out projections); ln_mlp; mlp.
+    Returns the probe's output [B, W].
+    """
+
+    heads: int
+    mlp_width: int
+    quick_gelu: bool = False
+    gelu_approximate: bool = False
+    norm_eps: float = LN_EPS
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, _, width = x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inits = block_initializers("torch", width, self.mlp_width, 1)
+        probe = self.param(
+            "probe", _p(nn.initializers.normal(width**-0.5), (None, "embed")), (1, width), self.param_dtype
+        )
+        queries = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, width))
+        attn = Attention(self.heads, qkv_init=inits["qkv"], out_init=inits["out"], name="attn", **kw)
+        h = attn(queries, context=x)
+        mlp_inits = {k: v for k, v in inits.items() if k.startswith("c_")}
+        mlp = MLP(
+            self.mlp_width,
+            quick_gelu=self.quick_gelu,
+            gelu_approximate=self.gelu_approximate,
+            inits=mlp_inits,
+            name="mlp",
+            **kw,
+        )
+        h = h + mlp(LayerNorm(name="ln_mlp", eps=self.norm_eps, **kw)(h))
+        return h[:, 0]
 
 
 # Names accepted for `remat_policy`; "none" disables rematerialisation.
@@ -410,6 +487,8 @@ class Transformer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     scan: bool = False
+    gelu_approximate: bool = False
+    norm_eps: float = LN_EPS
     remat_policy: str = "none"
     attention_impl: str | None = None
     init_scheme: str = "text"  # see INIT_SCHEMES
@@ -439,6 +518,8 @@ class Transformer(nn.Module):
             heads=self.heads,
             mlp_width=self.mlp_width,
             quick_gelu=self.quick_gelu,
+            gelu_approximate=self.gelu_approximate,
+            norm_eps=self.norm_eps,
             causal=self.causal,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -1,4 +1,6 @@
-"""ViT image tower with OpenAI CLIP's exact layout (conv1 without bias, class token, ln_pre, ln_post, proj)."""
+"""ViT image tower with OpenAI CLIP's exact layout (conv1 without bias, class token, ln_pre, ln_post, proj),
+and SigLIP's through VisionConfig's switches (conv1 bias; no class token, ln_pre or proj; ln_post on every
+token, then attention pooling)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,16 @@ import jax
 import jax.numpy as jnp
 
 from clip_jax.models.config import VisionConfig
-from clip_jax.models.transformer import LayerNorm, Transformer, _p, dense_on_rows, torch_default_init
+from clip_jax.models.transformer import (
+    LN_EPS,
+    AttentionPool,
+    LayerNorm,
+    Transformer,
+    _p,
+    dense_on_rows,
+    torch_default_bias_init,
+    torch_default_init,
+)
 
 
 class VisionTransformer(nn.Module):
@@ -23,6 +34,8 @@ class VisionTransformer(nn.Module):
     attention_impl: str | None = None
     # FLIP: fraction of patch tokens dropped at random during training (class token always kept).
     patch_dropout: float = 0.0
+    gelu_approximate: bool = False
+    norm_eps: float = LN_EPS
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -31,40 +44,53 @@ class VisionTransformer(nn.Module):
         width, p = cfg.width, cfg.patch_size
         scale = width**-0.5
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = PatchEmbed(width, p, name="conv1", **kw)(images.astype(self.dtype))
+        act = dict(quick_gelu=self.quick_gelu, gelu_approximate=self.gelu_approximate, norm_eps=self.norm_eps)
+        x = PatchEmbed(width, p, bias=cfg.patch_bias, name="conv1", **kw)(images.astype(self.dtype))
         b = x.shape[0]
-        cls = self.param(
-            "class_embedding", _p(nn.initializers.normal(scale), ("embed",)), (width,), self.param_dtype
-        )
+        prefix = cfg.num_prefix_tokens
         pos = self.param(
             "positional_embedding",
             _p(nn.initializers.normal(scale), (None, "embed")),
-            (cfg.grid_size**2 + 1, width),
+            (cfg.grid_size**2 + prefix, width),
             self.param_dtype,
         )
-        if x.shape[1] + 1 != pos.shape[0]:
+        if x.shape[1] + prefix != pos.shape[0]:
             raise ValueError(
                 f"image of {images.shape[1:3]} gives {x.shape[1]} patches but the positional embedding has "
-                f"{pos.shape[0] - 1}; resize images to {cfg.image_size} or use interpolate_pos_embed"
+                f"{pos.shape[0] - prefix}; resize images to {cfg.image_size} or use interpolate_pos_embed"
             )
-        cls_tok = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, width))
-        x = jnp.concatenate([cls_tok, x], axis=1) + pos.astype(self.dtype)
+        if cfg.class_token:
+            cls = self.param(
+                "class_embedding", _p(nn.initializers.normal(scale), ("embed",)), (width,), self.param_dtype
+            )
+            cls_tok = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, width))
+            x = jnp.concatenate([cls_tok, x], axis=1)
+        x = x + pos.astype(self.dtype)
         if train and self.patch_dropout > 0:
             x = self._drop_patches(x)
-        x = LayerNorm(name="ln_pre", **kw)(x)
-        x = Transformer(
+        if not cfg.no_ln_pre:
+            x = LayerNorm(name="ln_pre", eps=self.norm_eps, **kw)(x)
+        transformer = Transformer(
             cfg.layers,
             cfg.heads,
             cfg.mlp_width,
-            quick_gelu=self.quick_gelu,
             scan=self.scan,
             remat_policy=self.remat_policy,
             attention_impl=self.attention_impl,
             init_scheme="torch",  # open_clip's VisionTransformer keeps PyTorch's default init
             name="transformer",
+            **act,
             **kw,
-        )(x, pool_rows=jnp.zeros((b,), jnp.int32))  # the class token
-        pooled = LayerNorm(name="ln_post", **kw)(x)
+        )
+        if cfg.pool_type == "tok":
+            x = transformer(x, pool_rows=jnp.zeros((b,), jnp.int32))  # the class token
+            pooled = LayerNorm(name="ln_post", eps=self.norm_eps, **kw)(x)
+        else:
+            # MAP (SigLIP, timm's "map" pool): every token is normalised, then a probe attends to them.
+            x = LayerNorm(name="ln_post", eps=self.norm_eps, **kw)(transformer(x))
+            pooled = AttentionPool(cfg.heads, cfg.mlp_width, name="attn_pool", **act, **kw)(x)
+        if not cfg.proj:
+            return pooled
         proj = self.param(
             "proj",
             _p(nn.initializers.normal(scale), ("embed", "joint")),
@@ -74,18 +100,20 @@ class VisionTransformer(nn.Module):
         return pooled @ proj.astype(self.dtype)
 
     def _drop_patches(self, x: jax.Array) -> jax.Array:
-        """Keep the class token and a random subset of patch tokens (a fresh subset per example)."""
+        """Keep the class token (if any) and a random subset of patch tokens (a fresh subset per example)."""
         b, n, w = x.shape
-        num_patches = n - 1
+        prefix = self.cfg.num_prefix_tokens
+        num_patches = n - prefix
         keep = max(1, int(num_patches * (1.0 - self.patch_dropout)))
         noise = jax.random.uniform(self.make_rng("dropout"), (b, num_patches))
         idx = jnp.argsort(noise, axis=1)[:, :keep]
-        patches = jnp.take_along_axis(x[:, 1:], idx[..., None], axis=1)
-        return jnp.concatenate([x[:, :1], patches], axis=1)
+        patches = jnp.take_along_axis(x[:, prefix:], idx[..., None], axis=1)
+        return jnp.concatenate([x[:, :prefix], patches], axis=1)
 
 
 class PatchEmbed(nn.Module):
-    """OpenAI's conv1 (kernel = stride = patch, no bias) as a matmul on flattened patches.
+    """OpenAI's conv1 (kernel = stride = patch, no bias; SigLIP's has one: `bias`) as a matmul on
+    flattened patches.
 
     Same parameter as the convolution (`kernel` [p, p, 3, W]) and the same result; XLA:CPU runs the
     strided convolution ~3x slower than this matmul (benchmarks/RESULTS.md). Like a VALID convolution,
@@ -96,6 +124,7 @@ class PatchEmbed(nn.Module):
     patch_size: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    bias: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -110,15 +139,22 @@ class PatchEmbed(nn.Module):
         )
         gh, gw = h // p, w // p
         patches = images[:, : gh * p, : gw * p].reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
-        return dense_on_rows(patches.reshape(b, gh * gw, p * p * c), kernel.reshape(p * p * c, self.width))
+        x = dense_on_rows(patches.reshape(b, gh * gw, p * p * c), kernel.reshape(p * p * c, self.width))
+        if self.bias:
+            init = torch_default_bias_init(p * p * c)  # nn.Conv2d's default bias init
+            x = x + self.param("bias", _p(init, ("embed",)), (self.width,), self.param_dtype).astype(
+                self.dtype
+            )
+        return x
 
 
-def interpolate_pos_embed(pos: jax.Array, new_grid: int) -> jax.Array:
-    """Resize a [1 + g*g, W] positional embedding to a new grid with bicubic interpolation.
+def interpolate_pos_embed(pos: jax.Array, new_grid: int, prefix_tokens: int = 1) -> jax.Array:
+    """Resize a [prefix_tokens + g*g, W] positional embedding to a new grid with bicubic interpolation.
 
-    The class-token row is kept as is; used to fine-tune or evaluate at a new image size.
+    The class-token row (`prefix_tokens` rows: 0 for SigLIP's tower) is kept as is; used to fine-tune or
+    evaluate at a new image size.
     """
-    cls, grid = pos[:1], pos[1:]
+    cls, grid = pos[:prefix_tokens], pos[prefix_tokens:]
     old = int(round(grid.shape[0] ** 0.5))
     if old * old != grid.shape[0]:
         raise ValueError(f"positional embedding of {grid.shape[0]} patches is not a square grid")

@@ -1,12 +1,16 @@
-"""HuggingFace `transformers.CLIPModel` checkpoints: key names, q/k/v packing and config.json.
+"""HuggingFace `transformers.CLIPModel` and `SiglipModel` checkpoints: key names, q/k/v packing and
+config.json.
 
 A HF state dict is rewritten into open_clip's key names (q, k and v stacked into `in_proj_*`, the
 projection Linears transposed into open_clip's [width, embed] matrices), so that one mapping
-(`clip_jax.weights.open_clip`) serves every format.
+(`clip_jax.weights.open_clip`) serves every format. SigLIP's keys that open_clip's CLIP has no name for
+(the attention-pooling head, the patch embedding's bias) get the names clip_jax's params tree gives them
+(`visual.attn_pool.*`, `visual.conv1.bias`); its text head is open_clip's proj_bias `text_projection`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -44,7 +48,24 @@ _SINGLE = {
     "text_model.final_layer_norm.weight": "ln_final.weight",
     "text_model.final_layer_norm.bias": "ln_final.bias",
     "logit_scale": "logit_scale",
+    # SigLIP's (SiglipModel): the patch embedding's bias, the attention-pooling head, the text head.
+    "vision_model.embeddings.patch_embedding.bias": "visual.conv1.bias",
+    "vision_model.head.attention.in_proj_weight": "visual.attn_pool.attn.in_proj_weight",
+    "vision_model.head.attention.in_proj_bias": "visual.attn_pool.attn.in_proj_bias",
+    "vision_model.head.attention.out_proj.weight": "visual.attn_pool.attn.out_proj.weight",
+    "vision_model.head.attention.out_proj.bias": "visual.attn_pool.attn.out_proj.bias",
+    "vision_model.head.layernorm.weight": "visual.attn_pool.ln_mlp.weight",
+    "vision_model.head.layernorm.bias": "visual.attn_pool.ln_mlp.bias",
+    "vision_model.head.mlp.fc1.weight": "visual.attn_pool.mlp.c_fc.weight",
+    "vision_model.head.mlp.fc1.bias": "visual.attn_pool.mlp.c_fc.bias",
+    "vision_model.head.mlp.fc2.weight": "visual.attn_pool.mlp.c_proj.weight",
+    "vision_model.head.mlp.fc2.bias": "visual.attn_pool.mlp.c_proj.bias",
+    "text_model.head.weight": "text_projection.weight",  # a Linear in both: no transpose
+    "text_model.head.bias": "text_projection.bias",
+    "logit_bias": "logit_bias",
 }
+# SigLIP's probe is [1, 1, W] (batch, queries, width); clip_jax's [1, W] (queries, width).
+_PROBE = ("vision_model.head.probe", "visual.attn_pool.probe")
 # HF Linear weights [embed, width]; open_clip stores x @ proj with proj [width, embed].
 _PROJECTIONS = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
 
@@ -69,6 +90,9 @@ def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.
             continue
         if key in _SINGLE:
             new = _SINGLE[key]
+        elif key == _PROBE[0]:
+            new = _PROBE[1]
+            value = np.asarray(value).reshape(value.shape[1:]) if value.ndim == 3 else value
         elif key in _PROJECTIONS:
             new, value = _PROJECTIONS[key], np.asarray(value).T
         elif m := _LAYER.match(key):
@@ -101,6 +125,18 @@ def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.
 
 
 def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
+    """CLIPConfig from a HF CLIPModel or SiglipModel `config.json` (told apart by its model_type)."""
+    model_type = hf_config.get("model_type", "clip")
+    if model_type == "siglip":
+        return siglip_config_from_hf(hf_config)
+    if model_type != "clip":
+        raise ValueError(
+            f"model_type {model_type!r} is not supported: clip_jax reads HF's 'clip' and 'siglip'"
+        )
+    return clip_config_from_hf(hf_config)
+
+
+def clip_config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
     """CLIPConfig from a HF CLIPModel `config.json` (hidden_act decides between QuickGELU and GELU)."""
     v, t = hf_config.get("vision_config", {}), hf_config.get("text_config", {})
     acts = {v.get("hidden_act", "quick_gelu"), t.get("hidden_act", "quick_gelu")}
@@ -134,4 +170,88 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
         vision=vision,
         text=text,
         quick_gelu=acts == {"quick_gelu"},
+    )
+
+
+# HF activation names -> CLIPConfig's switches (quick_gelu, gelu_approximate). gelu_new is the tanh form too.
+_SIGLIP_ACTS = {
+    "gelu_pytorch_tanh": (False, True),
+    "gelu_new": (False, True),
+    "gelu": (False, False),
+    "quick_gelu": (True, False),
+}
+# SiglipConfig options that change the function, and the values clip_jax builds (first: HF's default).
+_SIGLIP_FIXED = {"vision": {"vision_use_head": (True,), "num_channels": (3,)}, "text": {}}
+
+
+def siglip_config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
+    """CLIPConfig of a HF SiglipModel `config.json` (SiglipConfig's defaults for what it leaves out).
+
+    The towers are clip_jax's ViT and text transformer with SigLIP's switches (attention pooling, no class
+    token / ln_pre / projection; non-causal text pooled at the last position, biased head). An option
+    whose value changes the model away from that (no pooling head, other channels or activation, towers
+    of unequal activation or LayerNorm eps) is a ValueError naming it.
+    """
+    v, t = hf_config.get("vision_config", {}) or {}, hf_config.get("text_config", {}) or {}
+    for name, sub in (("vision", v), ("text", t)):
+        bad = {k: sub[k] for k, ok in _SIGLIP_FIXED[name].items() if k in sub and sub[k] not in ok}
+        if bad:
+            raise ValueError(f"SigLIP {name}_config option(s) {bad} not supported by clip_jax")
+    acts = {v.get("hidden_act", "gelu_pytorch_tanh"), t.get("hidden_act", "gelu_pytorch_tanh")}
+    if len(acts) != 1 or not acts <= set(_SIGLIP_ACTS):
+        raise ValueError(
+            f"SigLIP hidden_act {sorted(acts)} not supported: clip_jax builds one of {sorted(_SIGLIP_ACTS)} "
+            "in both towers"
+        )
+    eps = {v.get("layer_norm_eps", 1e-6), t.get("layer_norm_eps", 1e-6)}
+    if len(eps) != 1:
+        raise ValueError(f"SigLIP layer_norm_eps differs between the towers {sorted(eps)}: clip_jax has one")
+    v_width = v.get("hidden_size", 768)
+    v_heads = v.get("num_attention_heads", 12)
+    if v_width % v_heads:
+        raise ValueError(
+            f"SigLIP vision hidden_size {v_width} is not a multiple of num_attention_heads {v_heads}"
+        )
+    vision = VisionConfig(
+        image_size=v.get("image_size", 224),
+        patch_size=v.get("patch_size", 16),
+        width=v_width,
+        layers=v.get("num_hidden_layers", 12),
+        head_width=v_width // v_heads,
+        mlp_ratio=mlp_ratio(v.get("intermediate_size", 3072), v_width),
+        pool_type="map",
+        class_token=False,
+        patch_bias=True,
+        no_ln_pre=True,
+        proj=False,
+    )
+    t_width = t.get("hidden_size", 768)
+    embed_dim = t.get("projection_size") or t_width  # HF: projection_size defaults to hidden_size
+    if embed_dim != v_width:
+        raise ValueError(
+            f"SigLIP text projection_size {embed_dim} differs from the vision hidden_size {v_width}: the "
+            "image embedding is the pooled vision width, so the two cannot be compared"
+        )
+    text = TextConfig(
+        context_length=t.get("max_position_embeddings", 64),
+        vocab_size=t.get("vocab_size", 32000),
+        width=t_width,
+        heads=t.get("num_attention_heads", 12),
+        layers=t.get("num_hidden_layers", 12),
+        mlp_ratio=mlp_ratio(t.get("intermediate_size", 3072), t_width),
+        no_causal_mask=True,
+        pool_type="last",
+        proj_bias=True,
+    )
+    quick, approximate = _SIGLIP_ACTS[acts.pop()]
+    return CLIPConfig(
+        embed_dim=embed_dim,
+        vision=vision,
+        text=text,
+        quick_gelu=quick,
+        gelu_approximate=approximate,
+        norm_eps=float(eps.pop()),
+        # The initial values of SigLIP's training; loaded weights carry their own.
+        init_logit_bias=-10.0,
+        init_logit_scale=math.log(10),
     )

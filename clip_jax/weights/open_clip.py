@@ -89,7 +89,9 @@ def _entry(path: tuple[str, ...]) -> Entry:
     *mods, leaf = parts
     parent = mods[-1] if mods else ""
     kind = "copy"
-    if _CONV.fullmatch(parent):  # the ViT's patch conv1; a ResNet's convs
+    if (
+        _CONV.fullmatch(parent) and leaf == "kernel"
+    ):  # the ViT's patch conv1 (its bias: SigLIP's); a ResNet's convs
         kind = "conv"
     elif parent == "qkv":
         kind = "qkv" if leaf == "kernel" else "qkv_bias"

@@ -1,0 +1,357 @@
+"""SigLIP: HF transformers `SiglipModel` weights, its sentencepiece tokenizer, sigmoid probabilities, and
+training with the sigmoid loss.
+
+The reference is a tiny random SiglipModel with every parameter drawn at random (LayerNorm scales and
+biases, the probe, logit scale and bias included: at their inits a wrong mapping of them would pass),
+saved with save_pretrained and loaded through `load_pretrained`. Features and logits must agree to 1e-4
+relative in fp32 (the project's parity criterion: a few ulps of fp32 per accumulated product, far
+below it). The tokenizer is compared id for id with HF's SiglipTokenizer on a sentencepiece model that
+the test trains itself, with the special pieces real SigLIP's spiece.model has (<pad> 0, </s> 1, <unk> 2).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clip_jax import get_model_config, load_pretrained
+from clip_jax.models import CLIP, label_probabilities
+from clip_jax.siglip_tokenizer import SiglipTokenizer, find_siglip_tokenizer
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+spm = pytest.importorskip("sentencepiece")
+
+REL = 1e-4
+TINY = get_model_config("tiny-siglip")
+WORDS = (
+    "a photo of the cat dog bird car tree house red blue green big small running sitting on in under with "
+    "and picture painting sketch close up bright dark image rendering cartoon plane ship truck horse deer "
+    "frog apple orange banana chair table flower river mountain sky cloud street city night day two three"
+).split()
+TEXTS = [
+    "a photo of a cat",
+    "A Photo, of THE dog!!",
+    "",
+    "   leading and trailing   spaces ",
+    "tabs\tand\nnewlines",
+    "café ☕ naïve — façade 12.5% OFF",
+    "a cat </s> dog",
+    "</s> first",
+    "x<unk>y",
+    "a\u2581b \u2581c",
+    "{} a {}-photo",
+    " ".join(["a very long caption that is truncated"] * 20),
+    "a photo of a cat</s>",
+]
+
+
+def assert_rel_close(actual, expected, rel: float = REL) -> float:
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    err = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+    assert err <= rel, f"max relative error {err:.3g} > {rel}"
+    return err
+
+
+def train_spiece(path) -> None:
+    """A small unigram sentencepiece model, trained in memory on made-up captions."""
+    rng = random.Random(0)
+    sentences = []
+    for _ in range(4000):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 12))]
+        if rng.random() < 0.3:
+            words[0] = words[0].capitalize()
+        sentences.append(" ".join(words) + rng.choice(["", ".", "!", ","]))
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=TINY.text.vocab_size,
+        hard_vocab_limit=False,  # the corpus has fewer pieces; ids stay below the model's vocab
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+
+
+def hf_siglip_config(**vision):
+    t, v = TINY.text, TINY.vision
+    common = dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+    return transformers.SiglipConfig(
+        text_config=dict(
+            hidden_size=t.width,
+            intermediate_size=t.mlp_width,
+            num_hidden_layers=t.layers,
+            num_attention_heads=t.heads,
+            vocab_size=t.vocab_size,
+            max_position_embeddings=t.context_length,
+            **common,
+        ),
+        vision_config=dict(
+            hidden_size=v.width,
+            intermediate_size=v.mlp_width,
+            num_hidden_layers=v.layers,
+            num_attention_heads=v.heads,
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            **common,
+            **vision,
+        ),
+    )
+
+
+def randomize_every_parameter(model, seed: int):
+    """Every tensor of the state dict drawn anew: LayerNorm scales 1 + N(0, 0.2^2), the logit scale
+    log U(5, 20), the logit bias N(-5, 1), everything else N(0, 0.1^2) (weights, biases, embeddings,
+    the probe)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            if name == "logit_scale":
+                p.copy_(torch.log(5 + 15 * torch.rand(p.shape, generator=gen, dtype=p.dtype)))
+            elif name == "logit_bias":
+                p.copy_(-5 + noise)
+            elif p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * noise)
+            else:
+                p.copy_(0.1 * noise)
+    return model
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    """(HF model, its save_pretrained directory with spiece.model): the tiny SigLIP."""
+    directory = tmp_path_factory.mktemp("siglip")
+    torch.manual_seed(0)
+    ref = randomize_every_parameter(transformers.SiglipModel(hf_siglip_config()), 0).eval()
+    ref.save_pretrained(directory, safe_serialization=True)
+    train_spiece(directory / "spiece.model")
+    return ref, directory
+
+
+@pytest.fixture(scope="module")
+def loaded(siglip_dir):
+    return load_pretrained(None, siglip_dir[1])
+
+
+def test_tokenizer_matches_hf(siglip_dir):
+    """Same ids as HF's SiglipTokenizer with padding="max_length", truncation (how SigLIP is fed):
+    canonicalisation, special tokens in the text, EOS, the pad id, truncation to 64."""
+    _, directory = siglip_dir
+    hf = transformers.SiglipTokenizer(str(directory / "spiece.model"))
+    ours = SiglipTokenizer(directory / "spiece.model")
+    assert (ours.pad_id, ours.eos_id, ours.unk_id) == (hf.pad_token_id, hf.eos_token_id, hf.unk_token_id)
+    assert (ours.pad_id, ours.eos_id, ours.unk_id) == (1, 1, 2)  # real SigLIP's: pad is </s>
+    want = hf(TEXTS, padding="max_length", truncation=True, max_length=64)["input_ids"]
+    got = ours(TEXTS)
+    assert got.dtype == np.int32 and got.shape == (len(TEXTS), 64)
+    for text, w, g in zip(TEXTS, want, got, strict=True):
+        assert list(g) == w, text
+    # The texts exercise what they are meant to: lowercasing and punctuation removal (the first two
+    # encode alike), truncation (the long one fills the row, EOS last), padding with the pad id.
+    assert list(got[0]) == list(ours(["a Photo of a CAT."])[0])
+    assert got[11, -1] == ours.eos_id and ours.pad_id in got[0]
+
+
+def test_tokenizer_needs_neither_torch_nor_transformers(siglip_dir):
+    """The tokenizer and the weights load in a process that never imports torch or transformers."""
+    _, directory = siglip_dir
+    code = (
+        "import sys\n"
+        "from clip_jax.siglip_tokenizer import find_siglip_tokenizer\n"
+        "from clip_jax.weights import load_params_checked\n"
+        f"tok = find_siglip_tokenizer({str(directory)!r})\n"
+        "assert tok(['a photo of a cat']).shape == (1, 64)\n"
+        f"load_params_checked({str(directory)!r})\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {"JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": ""}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_parity_with_hf_siglip_model(siglip_dir, loaded):
+    """Image and text embeddings and the logits (scale * cos + bias) of the loaded model equal HF's."""
+    ref, directory = siglip_dir
+    model, params = loaded
+    assert model.cfg == TINY  # the config.json gives the named tiny SigLIP, 16-wide heads and all
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((3, 32, 32, 3)).astype(np.float32)
+    tokens = find_siglip_tokenizer(directory)(TEXTS)
+
+    @jax.jit
+    def fwd(p, x, t):
+        img, txt, scale, bias = model.apply({"params": p}, x, t)
+        return img, txt, scale * img @ txt.T + bias
+
+    img, txt, logits = fwd(params, jnp.asarray(images), jnp.asarray(tokens))
+    with torch.no_grad():
+        out = ref(
+            input_ids=torch.from_numpy(tokens).long(),
+            pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+        )
+    errors = {
+        "image": assert_rel_close(img, out.image_embeds.numpy()),
+        "text": assert_rel_close(txt, out.text_embeds.numpy()),
+        "logits": assert_rel_close(logits, out.logits_per_image.numpy()),
+    }
+    print("max relative errors", errors)
+    # The sigmoid probabilities HF's docs compute from its logits.
+    probs = label_probabilities(img, txt, jnp.exp(params["logit_scale"]), params["logit_bias"])
+    np.testing.assert_allclose(probs, torch.sigmoid(out.logits_per_image).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_every_parameter_shows_in_the_outputs(siglip_dir, loaded):
+    """Each leaf that a mapping could drop (every non-matrix leaf: norms, biases, probe, embeddings,
+    scale and bias) moves the outputs by far more than the tolerance when put back at zero."""
+    model, params = loaded
+    rng = np.random.default_rng(1)
+    images = jnp.asarray(rng.standard_normal((2, 32, 32, 3)).astype(np.float32))
+    tokens = jnp.asarray(find_siglip_tokenizer(siglip_dir[1])(TEXTS[:3]))
+
+    @jax.jit
+    def fwd(p):
+        img, txt, scale, bias = model.apply({"params": p}, images, tokens)
+        return jnp.concatenate([img.ravel(), txt.ravel(), (scale * img @ txt.T + bias).ravel()])
+
+    base = fwd(params)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    checked = 0
+    for path, leaf in leaves:
+        if leaf.ndim >= 2 and "probe" not in jax.tree_util.keystr(path):
+            continue
+        zeroed = jax.tree_util.tree_map_with_path(
+            lambda kp, a, kp0=path: jnp.zeros_like(a) if kp == kp0 else a, params
+        )
+        err = float(jnp.max(jnp.abs(fwd(zeroed) - base)) / jnp.max(jnp.abs(base)))
+        assert err > 10 * REL, jax.tree_util.keystr(path)
+        checked += 1
+    assert checked >= 40
+
+
+def test_safetensors_file_with_named_config_and_scan(siglip_dir, loaded):
+    """The .safetensors file alone loads under the named config (no config.json read), scanned too."""
+    _, directory = siglip_dir
+    _, params = loaded
+    model, scanned = load_pretrained("tiny-siglip", directory / "model.safetensors", scan=True)
+    assert model.scan
+    from clip_jax.models import unstack_layers
+
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), unstack_layers(scanned), params)
+    assert all(jax.tree.leaves(same))
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        ({"vision_use_head": False}, "vision_use_head"),
+        ({"hidden_act": "relu"}, "hidden_act"),
+        ({"num_channels": 1}, "num_channels"),
+    ],
+)
+def test_unsupported_config_options_are_named(siglip_dir, tmp_path, option, named):
+    _, directory = siglip_dir
+    config = json.loads((directory / "config.json").read_text())
+    config["vision_config"].update(option)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
+    with pytest.raises(ValueError, match=named):
+        load_pretrained(None, tmp_path)
+
+
+def test_unknown_tokenizer_option_is_named(siglip_dir, tmp_path):
+    _, directory = siglip_dir
+    (tmp_path / "spiece.model").symlink_to(directory / "spiece.model")
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": True, "strip_accents": True})
+    )
+    with pytest.raises(ValueError, match="strip_accents"):
+        find_siglip_tokenizer(tmp_path)
+
+
+def test_named_base_config():
+    cfg = get_model_config("ViT-B-16-SigLIP")
+    v, t = cfg.vision, cfg.text
+    assert (v.width, v.layers, v.heads, v.mlp_width, v.patch_size, v.image_size) == (
+        768,
+        12,
+        12,
+        3072,
+        16,
+        224,
+    )
+    assert (t.width, t.layers, t.heads, t.vocab_size, t.context_length) == (768, 12, 12, 32000, 64)
+    assert cfg.embed_dim == 768 and cfg.init_logit_bias == -10 and cfg.init_logit_scale == math.log(10)
+    assert cfg.gelu_approximate and not cfg.quick_gelu and cfg.norm_eps == 1e-6
+    assert "ViT-B-16-SigLIP-quickgelu" not in __import__("clip_jax").MODEL_CONFIGS
+    with pytest.raises(ValueError, match="pool_type"):
+        cfg.to_open_clip()  # open_clip builds SigLIP's image tower from timm
+
+
+def test_zeroshot_sigmoid_probabilities_and_untrimmed_prompts(siglip_dir, loaded):
+    """predict's probabilities are per-label sigmoids for a model with a logit bias, and the zero-shot
+    classifier feeds SigLIP's text tower full 64-token rows (it pools the last position)."""
+    from clip_jax.eval.classifier import build_zeroshot_classifier
+    from clip_jax.predict import label_probs
+
+    model, params = loaded
+    tok = find_siglip_tokenizer(siglip_dir[1])
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    labels = ["a cat", "a dog", "a bird"]
+    probs = label_probs(model, params, images, labels, tokenizer=tok)
+    img, txt, scale, bias = model.apply({"params": params}, images, tok(labels))
+    np.testing.assert_allclose(probs, jax.nn.sigmoid(scale * img @ txt.T + bias), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(probs.sum(-1), 1.0)  # independent per label, not a softmax
+
+    classifier = build_zeroshot_classifier(model, params, ["cat", "dog"], ["a photo of a {}."], tokenizer=tok)
+    full = model.apply(
+        {"params": params}, tok(["a photo of a cat.", "a photo of a dog."]), method=CLIP.encode_text
+    )
+    full = np.asarray(full) / np.linalg.norm(full, axis=-1, keepdims=True)
+    np.testing.assert_allclose(classifier, full.T, rtol=1e-5, atol=1e-6)
+
+
+def test_continues_training_with_the_sigmoid_loss(loaded, siglip_dir):
+    """Two steps of the train step with the sigmoid loss from the loaded SigLIP: finite, and the loss
+    of the first is the sigmoid loss of the loaded model's own outputs."""
+    import optax
+
+    from clip_jax.train.losses import sigmoid_loss
+    from clip_jax.train.step import init_train_state, make_train_step
+
+    model, params = loaded
+    rng = np.random.default_rng(3)
+    batch = {
+        "image": rng.standard_normal((4, 32, 32, 3)).astype(np.float32),
+        "text": find_siglip_tokenizer(siglip_dir[1])(["a red car", "a blue bird", "two cats", "a big tree"]),
+    }
+    tx = optax.adamw(1e-3)
+    state = init_train_state(params, tx, jax.random.key(0))
+    step = jax.jit(make_train_step(model, tx, loss="sigmoid"))
+    img, txt, scale, bias = model.apply({"params": params}, batch["image"], batch["text"])
+    expected = float(sigmoid_loss(img, txt, scale, bias))
+    losses = []
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        assert int(metrics["nonfinite"]) == 0 and "logit_bias" in metrics
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    assert float(state.params["logit_bias"]) != float(params["logit_bias"])
