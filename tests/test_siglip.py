@@ -246,16 +246,19 @@ def test_every_parameter_shows_in_the_outputs(siglip_dir, loaded):
     assert checked >= 40
 
 
-def test_safetensors_file_with_named_config_and_scan(siglip_dir, loaded):
-    """The .safetensors file alone loads under the named config (no config.json read), scanned too."""
-    _, directory = siglip_dir
-    _, params = loaded
-    model, scanned = load_pretrained("tiny-siglip", directory / "model.safetensors", scan=True)
-    assert model.scan
+def test_safetensors_file_alone_named_or_inferred_and_scanned(siglip_dir, loaded, tmp_path):
+    """The .safetensors file without its config.json loads under the named config (scanned too), or with
+    the activation given, under the named config its shapes identify."""
     from clip_jax.models import unstack_layers
 
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), unstack_layers(scanned), params)
-    assert all(jax.tree.leaves(same))
+    _, directory = siglip_dir
+    _, params = loaded
+    (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+    model, scanned = load_pretrained("tiny-siglip", tmp_path / "model.safetensors", scan=True)
+    assert model.scan and same(unstack_layers(scanned), params)
+    model, inferred = load_pretrained(None, tmp_path, quick_gelu=False)
+    assert model.cfg == TINY.replace(init_logit_bias=float(params["logit_bias"])) and same(inferred, params)
 
 
 @pytest.mark.parametrize(

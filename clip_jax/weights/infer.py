@@ -53,6 +53,10 @@ def shape_signature(cfg: CLIPConfig) -> dict[str, Any]:
             "vision.width": v.width,
             "vision.layers": v.layers,
             "vision.mlp_width": v.mlp_width,
+            # SigLIP's switches that show in the keys (pool_type "map" as the pooling head's probe).
+            "vision.parts": _vit_parts(
+                v.class_token, v.pool_type == "map", v.patch_bias, not v.no_ln_pre, v.proj
+            ),
         }
     return {
         "embed_dim": cfg.embed_dim,
@@ -62,14 +66,22 @@ def shape_signature(cfg: CLIPConfig) -> dict[str, Any]:
         "text.width": t.width,
         "text.layers": t.layers,
         "text.mlp_width": t.mlp_width,
+        "text.proj_bias": t.proj_bias,
     }
 
 
-def _grid(state_dict: Mapping[str, Any], key: str) -> int:
+def _vit_parts(class_token: bool, attn_pool: bool, patch_bias: bool, ln_pre: bool, proj: bool) -> str:
+    """The optional parts of a ViT tower that it has, by name ("class_token,ln_pre,proj" for OpenAI's)."""
+    names = ("class_token", "attn_pool", "patch_bias", "ln_pre", "proj")
+    flags = (class_token, attn_pool, patch_bias, ln_pre, proj)
+    return ",".join(n for n, f in zip(names, flags, strict=True) if f)
+
+
+def _grid(state_dict: Mapping[str, Any], key: str, prefix_tokens: int = 1) -> int:
     num_pos = _get(state_dict, key)[0]
-    grid = math.isqrt(num_pos - 1)
-    if grid * grid != num_pos - 1:
-        raise ValueError(f"{key} has {num_pos - 1} positions, not a square grid")
+    grid = math.isqrt(num_pos - prefix_tokens)
+    if grid * grid != num_pos - prefix_tokens:
+        raise ValueError(f"{key} has {num_pos - prefix_tokens} positions, not a square grid")
     return grid
 
 
@@ -92,22 +104,38 @@ def _signature_of(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         }
     else:
         width, _, patch, _ = _get(state_dict, "visual.conv1.weight")
+        class_token = "visual.class_embedding" in state_dict
         vision = {
             "vision.patch_size": patch,
-            "vision.grid_size": _grid(state_dict, "visual.positional_embedding"),
+            "vision.grid_size": _grid(state_dict, "visual.positional_embedding", int(class_token)),
             "vision.width": width,
             "vision.layers": _layers(state_dict, "visual."),
             "vision.mlp_width": _get(state_dict, "visual.transformer.resblocks.0.mlp.c_fc.weight")[0],
+            "vision.parts": _vit_parts(
+                class_token,
+                "visual.attn_pool.probe" in state_dict,
+                "visual.conv1.bias" in state_dict,
+                "visual.ln_pre.weight" in state_dict,
+                "visual.proj" in state_dict,
+            ),
         }
     context_length, t_width = _get(state_dict, "positional_embedding")
+    # open_clip's proj_bias tower has a Linear ([embed, width] weight), the plain one a [width, embed] matrix.
+    proj_bias = "text_projection.weight" in state_dict
+    embed_dim = (
+        _get(state_dict, "text_projection.weight")[0]
+        if proj_bias
+        else _get(state_dict, "text_projection")[-1]
+    )
     return {
-        "embed_dim": _get(state_dict, "text_projection")[-1],
+        "embed_dim": embed_dim,
         **vision,
         "text.context_length": context_length,
         "text.vocab_size": _get(state_dict, "token_embedding.weight")[0],
         "text.width": t_width,
         "text.layers": _layers(state_dict, ""),
         "text.mlp_width": _get(state_dict, "transformer.resblocks.0.mlp.c_fc.weight")[0],
+        "text.proj_bias": proj_bias,
     }
 
 
@@ -123,6 +151,8 @@ def infer_config(state_dict: Mapping[str, Any], quick_gelu: bool) -> CLIPConfig:
     init_logit_bias = None if bias is None else float(np.asarray(bias).reshape(()))
     matches: dict[CLIPConfig, list[str]] = {}
     for name, named in MODEL_CONFIGS.items():
+        if named.gelu_approximate and quick_gelu:
+            continue  # SigLIP's tanh GELU and QuickGELU are exclusive
         if shape_signature(named) == sig:
             cfg = named.replace(quick_gelu=quick_gelu, init_logit_bias=init_logit_bias)
             matches.setdefault(cfg, []).append(name)

@@ -182,10 +182,11 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
         "the given config",
         source="the params tree to export",
     )
+    model_cfg = cfg.to_open_clip()  # before writing: a config open_clip cannot build (SigLIP) raises
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
-    _write_open_clip_config(path, {"model_cfg": cfg.to_open_clip()})
+    _write_open_clip_config(path, {"model_cfg": model_cfg})
     return path
 
 
