@@ -184,6 +184,17 @@ BACKGROUND = {
     # at lr * 1/warmup_steps, as open_clip's, so every step updates.
     "freeze": ({"total_steps": 2, "freeze": "('^visual/',)"}, {}),
     "lr_mults": ({"total_steps": 2, "lr_mults": "(('^text/', 0.0),)"}, {}),
+    # LiT proper: the image tower taken from the reference run's last checkpoint and locked, the text
+    # tower fresh (after the reference, whose checkpoint it reads).
+    "lit": (
+        {
+            "total_steps": 2,
+            "init_from": "{reference}",
+            "init_from_only": "('^visual/',)",
+            "freeze": "('^visual/',)",
+        },
+        {},
+    ),
     "accum": ({"accum_steps": 4}, {}),
     # An lr that overflows float32: the first update makes the parameters infinite.
     "huge_lr": ({"lr": 1e39, "total_steps": 2}, {}),
@@ -194,7 +205,7 @@ BACKGROUND = {
     # save are for the same step.
     "sigterm_on_checkpoint_step": ({}, {"sigterm_at": 3}),
 }
-AFTER_REFERENCE = ("nan", "sigterm_on_checkpoint_step")
+AFTER_REFERENCE = ("nan", "sigterm_on_checkpoint_step", "lit")
 
 
 class Runs:
@@ -207,7 +218,9 @@ class Runs:
 
     def start(self, name: str) -> None:
         config, hooks = BACKGROUND[name]
-        config = dict(config)
+        config = {
+            k: v.format(reference=self.reference) if isinstance(v, str) else v for k, v in config.items()
+        }
         config_file = config.pop("_config_file", "configs/default.py")
         self.procs[name] = start_cli(
             self.base / name, self.env, hooks=hooks, config_file=config_file, **config
@@ -404,6 +417,30 @@ def test_frozen_tower_is_bitwise_unchanged(runs, name, frozen, trained):
     unchanged = [k for k in trained_keys if np.array_equal(final[k], initial[k])]
     assert not unchanged, unchanged
     assert final["logit_scale"] != initial["logit_scale"]
+
+
+def test_lit_takes_the_image_tower_from_a_run_and_the_text_tower_fresh(runs):
+    rc, out, workdir = runs.result("lit")
+    assert rc == 0, out[-4000:]
+    reference_final = load_params(runs.reference / "final_params.npz")  # = its last checkpoint
+    reference_initial = load_params(runs.reference / "initial_params.npz")  # same seed: the fresh init
+    initial, final = load_params(workdir / "initial_params.npz"), load_params(workdir / "final_params.npz")
+    visual = [k for k in initial if k.startswith("visual/")]
+    rest = [k for k in initial if not k.startswith("visual/")]
+    assert visual and rest
+    assert_bitwise_equal({k: initial[k] for k in visual}, {k: reference_final[k] for k in visual})
+    assert_bitwise_equal({k: final[k] for k in visual}, {k: reference_final[k] for k in visual})  # locked
+    assert_bitwise_equal({k: initial[k] for k in rest}, {k: reference_initial[k] for k in rest})
+    assert not [k for k in rest if k.startswith("text/") and np.array_equal(final[k], initial[k])]
+
+
+def test_init_from_only_without_init_from_is_an_error():
+    from clip_jax.train.config import default_config, validate_config
+
+    config = default_config()
+    config.init_from_only = ("^visual/",)
+    with pytest.raises(ValueError, match="config.init_from_only"):
+        validate_config(config)
 
 
 def test_gradient_accumulation_through_the_trainer_matches_the_full_batch(runs):

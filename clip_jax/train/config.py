@@ -55,7 +55,12 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: remaining devices
 
-    c.init_from = ""  # weights to start from: converted orbax dir, open_clip/HF/OpenAI file
+    # Weights to start from: a clip_jax training run (its newest complete checkpoint), a converted orbax
+    # dir, an open_clip/HF/OpenAI file.
+    c.init_from = ""
+    # Regexes of the parameter paths taken from init_from, the rest initialised fresh (all if empty). LiT
+    # is init_from_only=("^visual/",) with freeze=("^visual/",): a locked pretrained image tower.
+    c.init_from_only = ()
     c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
 
     c.checkpoint_every = 500
@@ -154,6 +159,13 @@ def validate_config(config: ml_collections.ConfigDict) -> CLIPConfig:
     model_cfg = resolve_model_config(config.model)
     if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
         raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
+    if model_cfg.family != "clip":
+        # The input pipeline tokenizes captions with CLIP's BPE (clip_jax/data/tf_ops.py tf_tokenize):
+        # a SigLIP text tower would learn from, and be evaluated on, ids of another vocabulary.
+        raise ValueError(
+            f"config.model: a {model_cfg.family} text tower (text.pool_type={model_cfg.text.pool_type!r}) "
+            "reads its own sentencepiece ids, but training tokenizes captions with CLIP's BPE"
+        )
     return model_cfg
 
 
@@ -177,7 +189,9 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     for field, ok, rule in checks:
         if not ok:
             raise ValueError(f"config.{field}={config[field]!r} {rule}")
-    for field in ("no_decay", "freeze"):
+    if config.init_from_only and not config.init_from:
+        raise ValueError("config.init_from_only is set but config.init_from is empty")
+    for field in ("no_decay", "freeze", "init_from_only"):
         for regex in config[field]:
             try:
                 re.compile(regex)

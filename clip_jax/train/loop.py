@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -168,17 +169,57 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
 
 def _initial_params(config, model, init_params, rng, param_shardings):
     if not config.init_from:
-        if config.scan:
-            # The unrolled model's initial values, stacked: scan is a layout, so a scanned run starts
-            # from (and trains) exactly the model of the same run without scan.
-            from clip_jax.models import init_params as init_unrolled
-            from clip_jax.models import stack_layers
+        return _fresh_params(config, model, init_params, rng, param_shardings)
+    params = _pretrained_params(config, model)
+    if config.init_from_only:
+        # LiT and friends: only the matching parameters come from init_from, the rest start fresh.
+        from clip_jax.train.optim import path_mask
 
-            unrolled = model.clone(scan=False)
-            return jax.jit(lambda r: stack_layers(init_unrolled(unrolled, r)), out_shardings=param_shardings)(
-                rng
-            )
-        return jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=param_shardings)(rng)
+        take = path_mask(params, config.init_from_only)
+        if not any(jax.tree.leaves(take)):
+            raise ValueError(f"config.init_from_only {list(config.init_from_only)} matches no parameter")
+        fresh = jax.device_get(_fresh_params(config, model.clone(scan=False), init_params, rng, None))
+        params = jax.tree.map(lambda t, p, f: p if t else f, take, params, fresh)
+    if config.scan:
+        from clip_jax.models import stack_layers
+
+        params = stack_layers(params)
+    return jax.device_put(params, param_shardings)
+
+
+def _fresh_params(config, model, init_params, rng, param_shardings):
+    if model.scan:
+        # The unrolled model's initial values, stacked: scan is a layout, so a scanned run starts
+        # from (and trains) exactly the model of the same run without scan.
+        from clip_jax.models import init_params as init_unrolled
+        from clip_jax.models import stack_layers
+
+        unrolled = model.clone(scan=False)
+        return jax.jit(lambda r: stack_layers(init_unrolled(unrolled, r)), out_shardings=param_shardings)(rng)
+    if param_shardings is None:
+        from clip_jax.models import init_params as init_unrolled
+
+        return init_unrolled(model, rng)
+    return jax.jit(lambda r: nn.unbox(init_params(r)), out_shardings=param_shardings)(rng)
+
+
+def _pretrained_params(config, model) -> dict:
+    """Unrolled params from config.init_from: a clip_jax training run (its newest complete checkpoint) or
+    any weights file/directory clip_jax loads."""
+    from clip_jax.checkpoint import restore_params
+
+    path = Path(config.init_from)
+    if (
+        (path / "checkpoints").is_dir()
+        or (path / "state").is_dir()
+        or (path / "_CHECKPOINT_METADATA").is_file()
+    ):
+        expected = jax.eval_shape(
+            lambda: _fresh_params(config, model.clone(scan=False), None, jax.random.key(0), None)
+        )
+        params, step_dir = restore_params(path, expected=expected)
+        logging.info("init_from: params of %s", step_dir)
+        return params
     from clip_jax.weights import load_pretrained
 
     loaded_model, params = load_pretrained(config.init_from_model or None, config.init_from)
@@ -186,11 +227,7 @@ def _initial_params(config, model, init_params, rng, param_shardings):
         raise ValueError(
             f"config.init_from={config.init_from!r} holds model {loaded_model.cfg} but config.model is {model.cfg}"
         )
-    if config.scan:
-        from clip_jax.models import stack_layers
-
-        params = stack_layers(params)
-    return jax.device_put(params, param_shardings)
+    return jax.device_get(params)
 
 
 def _all_data_states(data_iter) -> dict:
