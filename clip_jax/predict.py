@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.inputs import model_inputs
 from clip_jax.models.clip import CLIP, label_probabilities
-from clip_jax.preprocess import load_image, preprocess_image
-from clip_jax.siglip_tokenizer import find_siglip_tokenizer
+from clip_jax.preprocess import EvalTransform, load_image, preprocess_image
 from clip_jax.tokenizer import tokenize
 from clip_jax.weights import load_pretrained
 
@@ -57,9 +57,12 @@ def predict(
     image: str | os.PathLike,
     labels: Sequence[str],
     tokenizer: Callable[[list[str]], np.ndarray] | None = None,
+    transform: EvalTransform | None = None,
 ) -> np.ndarray:
-    """Label probabilities [len(labels)] for one image file."""
-    pixels = preprocess_image(load_image(image), model.cfg.vision.image_size)
+    """Label probabilities [len(labels)] for one image file, in the model's eval `transform` (default: its
+    config family's, `clip_jax.inputs.model_inputs`)."""
+    transform = transform or model_inputs(model.cfg).transform
+    pixels = preprocess_image(load_image(image), model.cfg.vision.image_size, transform)
     return label_probs(model, params, pixels[None], labels, tokenizer)[0]
 
 
@@ -87,9 +90,9 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
     args = parser.parse_args(argv)
     labels = parse_labels(args.labels)
     model, params = load_pretrained(args.model, args.weights, quick_gelu=args.quick_gelu)
-    # A SigLIP checkpoint ships its sentencepiece vocabulary (spiece.model) beside its weights.
-    tokenizer = find_siglip_tokenizer(args.weights, model.cfg.text.context_length)
-    probs = predict(model, params, args.image, labels, tokenizer)
+    # A SigLIP checkpoint ships its vocabulary (spiece.model) and its transform beside its weights.
+    inputs = model_inputs(model.cfg, args.weights)
+    probs = predict(model, params, args.image, labels, inputs.tokenizer, inputs.transform)
     width = max(len(label) for label in labels)
     print(f"Label probs for {args.image}:")
     for label, p in zip(labels, probs, strict=True):

@@ -1,6 +1,9 @@
-"""Image preprocessing for CLIP: OpenAI's eval transform (PIL) and tf.data eval/train transforms.
+"""Image preprocessing for CLIP: the eval transforms (PIL) and tf.data eval/train transforms.
 
-Outputs are float32 HWC arrays (channels last), as the Flax vision tower takes them.
+Outputs are float32 HWC arrays (channels last), as the Flax vision tower takes them. Which eval transform
+a model needs is a property of its weights (`EvalTransform`): OpenAI's (resize the shortest side, centre
+crop, OpenAI's mean/std) for CLIP models, SigLIP's (a plain resize to the square, mean = std = 0.5) for
+SigLIP's; `clip_jax.inputs.model_inputs` picks it from the checkpoint.
 
 The PIL path reproduces OpenAI's / open_clip's eval preprocess bit for bit: the same PIL calls in the same
 order (resize the shortest side with PIL bicubic, center crop, convert to RGB, scale to [0, 1], normalise).
@@ -16,9 +19,11 @@ equal open_clip's; the tf.data transform is their opt-in fast path.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +46,93 @@ TF_EVAL_GAP = {
     "applies_to": "RGB and grayscale photos; palette (P) and RGBA files differ by up to ~3.7",
     "source": "docs/preprocessing.md",
 }
+
+
+RESIZE_MODES = ("shortest_side", "square")
+# PIL filters by name, and the numbers HF's preprocessor_config.json gives them (PILImageResampling).
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+_HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """A model's eval image transform: what its weights were trained to see.
+
+    resize: "shortest_side" (the shortest side to S, then the centre S x S: OpenAI's, open_clip's) or
+    "square" (the whole image to S x S, the aspect ratio not kept: SigLIP's, HF's SiglipImageProcessor);
+    resample: the PIL filter, "bicubic" or "bilinear"; rgb_first: convert to RGB before resizing,
+    transparency composited onto white, as HF's image processors do (False: after resizing, as OpenAI's
+    preprocess does, which resizes RGBA premultiplied); mean, std: per channel, of pixels in [0, 1].
+    """
+
+    resize: str = "shortest_side"
+    resample: str = "bicubic"
+    rgb_first: bool = False
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize={self.resize!r}; choose from {RESIZE_MODES}")
+        if self.resample not in _PIL_FILTERS:
+            raise ValueError(f"resample={self.resample!r}; choose from {tuple(_PIL_FILTERS)}")
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"{name} needs one value per RGB channel, got {value}")
+            object.__setattr__(self, name, value)
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], image_size: int, where: str) -> EvalTransform:
+        """The transform of a HF SigLIP `preprocessor_config.json` (its dict), for a model of `image_size`.
+
+        Options it cannot follow (a centre crop, a size other than the model's, a rescale other than
+        1/255, no RGB conversion, another filter) raise a ValueError naming `where` and the option.
+        """
+
+        def bad(option: str, why: str) -> ValueError:
+            return ValueError(f"{where}: {option}={config.get(option)!r} {why}")
+
+        if config.get("do_center_crop"):
+            raise bad("do_center_crop", "is not supported: SigLIP's transform resizes the whole image")
+        if not config.get("do_resize", True):
+            raise bad("do_resize", "is not supported: the model needs its own image size")
+        size = config.get("size", {"height": image_size, "width": image_size})
+        if not isinstance(size, Mapping) or (size.get("height"), size.get("width")) != (image_size,) * 2:
+            raise bad("size", f"is not the model's {{'height': {image_size}, 'width': {image_size}}}")
+        if config.get("do_rescale", True) is False or config.get("rescale_factor", 1 / 255) != 1 / 255:
+            raise bad("rescale_factor", "is not supported: pixels are scaled by 1/255")
+        if config.get("do_convert_rgb") is False:
+            raise bad("do_convert_rgb", "is not supported: the model reads RGB")
+        resample = config.get("resample", 3)  # SiglipImageProcessor's default, BICUBIC
+        if resample not in _HF_RESAMPLE:
+            raise bad("resample", f"is not supported: choose from {_HF_RESAMPLE} (PILImageResampling)")
+        normalize = config.get("do_normalize", True)
+        return cls(
+            resize="square",
+            resample=_HF_RESAMPLE[resample],
+            rgb_first=True,
+            mean=tuple(config.get("image_mean", (0.5,) * 3)) if normalize else (0.0,) * 3,
+            std=tuple(config.get("image_std", (0.5,) * 3)) if normalize else (1.0,) * 3,
+        )
+
+
+OPENAI_TRANSFORM = EvalTransform()
+# SigLIP's, as HF's SiglipImageProcessor has it (bicubic; big_vision's own SigLIP evaluations resize
+# bilinearly, which a preprocessor_config.json with resample=2 selects).
+SIGLIP_TRANSFORM = EvalTransform("square", "bicubic", True, (0.5,) * 3, (0.5,) * 3)
+HF_PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def read_hf_transform(directory: str | os.PathLike, image_size: int) -> EvalTransform | None:
+    """The `EvalTransform` of a HF model directory's preprocessor_config.json, or None without one."""
+    path = os.path.join(directory, HF_PREPROCESSOR_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return EvalTransform.from_hf(json.load(f), image_size, path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -90,22 +182,41 @@ def _center_crop_offset(length: int, size: int) -> int:
     return int(round((length - size) / 2.0))
 
 
-def preprocess_image(image: ImageLike, image_size: int = 224) -> np.ndarray:
-    """OpenAI CLIP eval transform: float32 [S, S, 3], normalised with the OpenAI mean/std."""
+def _rgb_on_white(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (how HF's image processors convert)."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def preprocess_image(
+    image: ImageLike, image_size: int = 224, transform: EvalTransform = OPENAI_TRANSFORM
+) -> np.ndarray:
+    """A model's eval transform (OpenAI CLIP's by default): float32 [S, S, 3], normalised."""
     pil = _to_pil(image)
-    new_h, new_w = _resized_shortest_side(pil.height, pil.width, image_size)
-    # PIL's bicubic always antialiases when downsampling; torchvision's Resize passes PIL images through.
-    pil = pil.resize((new_w, new_h), Image.BICUBIC)
-    top = _center_crop_offset(new_h, image_size)
-    left = _center_crop_offset(new_w, image_size)
-    pil = pil.crop((left, top, left + image_size, top + image_size))
+    resample = _PIL_FILTERS[transform.resample]
+    if transform.rgb_first:
+        pil = _rgb_on_white(pil)
+    if transform.resize == "square":
+        pil = pil.resize((image_size, image_size), resample)
+    else:
+        new_h, new_w = _resized_shortest_side(pil.height, pil.width, image_size)
+        # PIL's bicubic always antialiases when downsampling; torchvision's Resize passes PIL images through.
+        pil = pil.resize((new_w, new_h), resample)
+        top = _center_crop_offset(new_h, image_size)
+        left = _center_crop_offset(new_w, image_size)
+        pil = pil.crop((left, top, left + image_size, top + image_size))
     if pil.mode != "RGB":
         pil = pil.convert("RGB")
+    # x / 255 in float32 equals HF's float64 x * (1/255) rounded to float32 for every uint8 x.
     pixels = np.asarray(pil, dtype=np.float32) / np.float32(255.0)
-    return (pixels - np.asarray(OPENAI_MEAN, np.float32)) / np.asarray(OPENAI_STD, np.float32)
+    return (pixels - np.asarray(transform.mean, np.float32)) / np.asarray(transform.std, np.float32)
 
 
-def preprocess_encoded(data: bytes, image_size: int = 224) -> np.ndarray:
+def preprocess_encoded(
+    data: bytes, image_size: int = 224, transform: EvalTransform = OPENAI_TRANSFORM
+) -> np.ndarray:
     """`preprocess_image` of encoded image bytes (JPEG, PNG, ... in any PIL mode), decoded by PIL as
     open_clip's loaders decode files: what the exact evaluation pipelines run inside tf.data."""
     import io
@@ -115,14 +226,16 @@ def preprocess_encoded(data: bytes, image_size: int = 224) -> np.ndarray:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot decode image ({len(data)} bytes): {e}") from e
-    return preprocess_image(image, image_size)
+    return preprocess_image(image, image_size, transform)
 
 
-def preprocess_batch(images: Sequence[ImageLike], image_size: int = 224) -> np.ndarray:
+def preprocess_batch(
+    images: Sequence[ImageLike], image_size: int = 224, transform: EvalTransform = OPENAI_TRANSFORM
+) -> np.ndarray:
     """`preprocess_image` over a sequence, stacked into float32 [N, S, S, 3]."""
     if len(images) == 0:
         return np.zeros((0, image_size, image_size, 3), np.float32)
-    return np.stack([preprocess_image(image, image_size) for image in images])
+    return np.stack([preprocess_image(image, image_size, transform) for image in images])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -145,19 +258,26 @@ def _tf_check_channels(image: Any) -> tf.Tensor:
     return image
 
 
-def _tf_bicubic_to_normalized(image: tf.Tensor, height: Any, width: Any) -> tf.Tensor:
-    """Antialiased bicubic resize, then PIL's uint8 rounding/clamping, then [0, 1] and mean/std.
+def _tf_resize_to_normalized(
+    image: tf.Tensor, height: Any, width: Any, transform: EvalTransform = OPENAI_TRANSFORM
+) -> tf.Tensor:
+    """Antialiased resize (the transform's filter), then PIL's uint8 rounding/clamping, then [0, 1] and
+    the transform's mean/std.
 
-    RGBA is resized premultiplied and the alpha dropped afterwards, as PIL (hence the reference) does it:
-    fully transparent regions come out black.
+    RGBA is resized premultiplied and the alpha dropped afterwards, as PIL (hence OpenAI's reference) does
+    it: fully transparent regions come out black; with `rgb_first` it is composited onto white first.
     """
     import tensorflow as tf
 
     def resize(x: tf.Tensor) -> tf.Tensor:
-        x = tf.image.resize(x, tf.stack([height, width]), method="bicubic", antialias=True)
+        x = tf.image.resize(x, tf.stack([height, width]), method=transform.resample, antialias=True)
         # PIL returns uint8: clamp the bicubic overshoot (and round, below), which brings tf closer to PIL.
         return tf.clip_by_value(x, 0.0, 255.0)
 
+    if image.shape[-1] == 4 and transform.rgb_first:
+        pixels = tf.cast(image, tf.float32)
+        alpha = pixels[..., 3:] / 255.0
+        image = tf.round(pixels[..., :3] * alpha + 255.0 * (1.0 - alpha))
     if image.shape[-1] == 4:
         # PIL's 8-bit "RGBa" round trip: premultiply with rounding, resize, unpremultiply with floor
         # division (left as is at alpha 0 and 255). At low alpha this quantisation dominates the result.
@@ -171,18 +291,22 @@ def _tf_bicubic_to_normalized(image: tf.Tensor, height: Any, width: Any) -> tf.T
     else:
         rgb = resize(image)
     pixels = tf.round(rgb) / 255.0
-    return (pixels - tf.constant(OPENAI_MEAN, tf.float32)) / tf.constant(OPENAI_STD, tf.float32)
+    return (pixels - tf.constant(transform.mean, tf.float32)) / tf.constant(transform.std, tf.float32)
 
 
-def tf_eval_transform(image: Any, image_size: int) -> tf.Tensor:
+def tf_eval_transform(image: Any, image_size: int, transform: EvalTransform = OPENAI_TRANSFORM) -> tf.Tensor:
     """tf.data version of `preprocess_image`: uint8 [H, W, 3] (or 1 or 4 channels) -> float32 [S, S, 3].
 
     Same geometry as the PIL path (truncated long side, half-to-even crop offsets); the resize is
-    tf.image's antialiased bicubic, which is close to, but not bit-equal with, PIL's.
+    tf.image's antialiased filter, which is close to, but not bit-equal with, PIL's.
     """
     import tensorflow as tf
 
     image = _tf_check_channels(image)
+    if transform.resize == "square":
+        out = _tf_resize_to_normalized(image, image_size, image_size, transform)
+        out.set_shape([image_size, image_size, 3])
+        return out
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
     short = tf.minimum(height, width)
@@ -195,7 +319,7 @@ def tf_eval_transform(image: Any, image_size: int) -> tf.Tensor:
     new_h = tf.where(portrait, new_long, image_size)
     new_w = tf.where(portrait, image_size, new_long)
     # Crop before normalising but after resizing, as the reference does; tf.round is half to even.
-    normalized = _tf_bicubic_to_normalized(image, new_h, new_w)
+    normalized = _tf_resize_to_normalized(image, new_h, new_w, transform)
     top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
     cropped = normalized[top : top + image_size, left : left + image_size]
@@ -271,6 +395,6 @@ def tf_train_transform(
     shape = tf.shape(image)
     top, left, crop_h, crop_w = _tf_random_resized_crop_box(shape[0], shape[1], scale, ratio, seed)
     cropped = image[top : top + crop_h, left : left + crop_w]
-    out = _tf_bicubic_to_normalized(cropped, image_size, image_size)
+    out = _tf_resize_to_normalized(cropped, image_size, image_size)
     out.set_shape([image_size, image_size, 3])
     return out

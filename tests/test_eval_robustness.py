@@ -484,9 +484,13 @@ def test_robustness_cli_end_to_end_on_mock_imagenet_family(tmp_path, monkeypatch
     }
     datasets = {}
 
-    def relabelled(data, size, *, dataset=None, split=None):
+    def relabelled(data, size, *, dataset=None, split=None, **kwargs):  # kwargs: the model's transform
         datasets[dataset] = _Relabelled(
-            eval_dataset(data, size, dataset=dataset, split=split), model, params, classifier, rules[dataset]
+            eval_dataset(data, size, dataset=dataset, split=split, **kwargs),
+            model,
+            params,
+            classifier,
+            rules[dataset],
         )
         return datasets[dataset]
 

@@ -107,10 +107,8 @@ def hf_siglip_config(**vision):
             intermediate_size=v.mlp_width,
             num_hidden_layers=v.layers,
             num_attention_heads=v.heads,
-            image_size=v.image_size,
-            patch_size=v.patch_size,
+            **({"image_size": v.image_size, "patch_size": v.patch_size} | vision),
             **common,
-            **vision,
         ),
     )
 
@@ -358,3 +356,216 @@ def test_continues_training_with_the_sigmoid_loss(loaded, siglip_dir):
         assert int(metrics["nonfinite"]) == 0 and "logit_bias" in metrics
     assert losses[0] == pytest.approx(expected, rel=1e-5)
     assert float(state.params["logit_bias"]) != float(params["logit_bias"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SigLIP's eval transform and the evaluators with its tokenizer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def generated_images():
+    """Images in every PIL mode the transform treats differently, downsampled and upsampled, square and not:
+    noise (the hardest case for a resize) and a smooth gradient."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    noise = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)  # noqa: E731
+    y, x = np.mgrid[0:300, 0:200]
+    smooth = np.stack([x * 255 // 199, y * 255 // 299, (x + y) * 255 // 498], -1).astype(np.uint8)
+    palette = Image.fromarray(noise(40, 40, 3)).convert("P")
+    palette.info["transparency"] = 3
+    return {
+        "rgb_landscape": Image.fromarray(noise(60, 90, 3)),
+        "rgb_smooth_portrait": Image.fromarray(smooth),
+        "rgb_small": Image.fromarray(noise(20, 17, 3)),
+        "gray": Image.fromarray(noise(50, 40)),
+        "rgba": Image.fromarray(noise(45, 70, 4)),
+        "palette_transparent": palette,
+    }
+
+
+@pytest.mark.parametrize("size, resample", [(32, 3), (224, 3), (32, 2)])
+def test_siglip_transform_equals_hf_image_processor(tmp_path, size, resample):
+    """SigLIP's transform, read from the preprocessor_config.json HF writes, equals HF's
+    SiglipImageProcessor (its PIL backend) bit for bit: the same PIL resize of the whole image, RGB
+    conversion before it with transparency on white, x / 255 in float32 (equal to HF's float64
+    x * (1/255) rounded to float32 for each of the 256 uint8 values), then (x - 0.5) / 0.5. HF's
+    default torchvision backend resizes with torch's uint8 kernel instead, which differs from PIL's by a
+    level or two (up to 9 on pure noise downsampled): not the reference here."""
+    from clip_jax.preprocess import SIGLIP_TRANSFORM, preprocess_image, read_hf_transform
+
+    hf = transformers.SiglipImageProcessorPil(size={"height": size, "width": size}, resample=resample)
+    hf.save_pretrained(tmp_path)
+    transform = read_hf_transform(tmp_path, size)
+    assert transform.resize == "square" and transform.mean == transform.std == (0.5, 0.5, 0.5)
+    assert transform == SIGLIP_TRANSFORM if resample == 3 else transform.resample == "bilinear"
+    for name, image in generated_images().items():
+        want = hf(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        got = preprocess_image(image, size, transform)
+        assert got.dtype == np.float32 and got.shape == (size, size, 3)
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_siglip_transform_tf_path_within_the_tf_gap():
+    """The tf.data path of the square resize: tf.image's antialiased bicubic against PIL's, the gap the
+    OpenAI transform's tf path has (TF_EVAL_GAP, in OpenAI-normalised units) scaled to SigLIP's std
+    (0.5 against OpenAI's smallest, 0.261: the same pixel gap is about half as large here)."""
+    import tensorflow as tf
+
+    from clip_jax.preprocess import (
+        OPENAI_STD,
+        SIGLIP_TRANSFORM,
+        TF_EVAL_GAP,
+        preprocess_image,
+        tf_eval_transform,
+    )
+
+    scale = min(OPENAI_STD) / 0.5
+    image = np.asarray(generated_images()["rgb_smooth_portrait"])
+    for size in (32, 224):
+        got = tf_eval_transform(tf.constant(image), size, SIGLIP_TRANSFORM).numpy()
+        gap = np.abs(got - preprocess_image(image, size, SIGLIP_TRANSFORM))
+        assert got.shape == (size, size, 3)
+        assert gap.max() < TF_EVAL_GAP["max_abs"] * scale and gap.mean() < TF_EVAL_GAP["mean_abs"] * scale
+
+
+@pytest.mark.parametrize(
+    "option, named",
+    [
+        ({"do_center_crop": True}, "do_center_crop"),
+        ({"size": {"height": 8, "width": 8}}, "size"),
+        ({"resample": 1}, "resample"),
+    ],
+)
+def test_preprocessor_config_options_it_cannot_follow_are_named(tmp_path, option, named):
+    from clip_jax.preprocess import read_hf_transform
+
+    config = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": 32, "width": 32}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config | option))
+    with pytest.raises(ValueError, match=f"preprocessor_config.json: {named}="):
+        read_hf_transform(tmp_path, 32)
+
+
+def test_model_inputs_follow_the_checkpoint_and_the_family(siglip_dir):
+    """A SigLIP directory gives its tokenizer and SigLIP's transform (no preprocessor_config.json there:
+    the family's default); CLIP configs keep OpenAI's transform and CLIP's BPE; a SigLIP text tower
+    without its vocabulary is refused, naming spiece.model, when an evaluation needs text."""
+    from clip_jax.eval.zeroshot import ZeroShot
+    from clip_jax.inputs import ModelInputs, model_inputs
+    from clip_jax.preprocess import OPENAI_TRANSFORM, SIGLIP_TRANSFORM
+
+    _, directory = siglip_dir
+    inputs = model_inputs(TINY, directory)
+    assert inputs.transform == SIGLIP_TRANSFORM and isinstance(inputs.tokenizer, SiglipTokenizer)
+    assert model_inputs(TINY, directory / "model.safetensors").tokenizer is not None
+    assert model_inputs(get_model_config("tiny"), directory) == ModelInputs(OPENAI_TRANSFORM, None)
+    assert TINY.family == "siglip" and get_model_config("RN50").family == "clip"
+    with pytest.raises(ValueError, match="spiece.model"):
+        ZeroShot({"dataset": "clip_synthetic/tiny"}, CLIP(TINY))
+
+
+@pytest.fixture(scope="module")
+def siglip16_dir(tmp_path_factory):
+    """A tiny SigLIP at 16 px (so the 32 px synthetic images are really resized) with everything a HF
+    SigLIP directory has: config.json, model.safetensors, spiece.model, preprocessor_config.json."""
+    directory = tmp_path_factory.mktemp("siglip16")
+    torch.manual_seed(1)
+    ref = randomize_every_parameter(transformers.SiglipModel(hf_siglip_config(image_size=16)), 1).eval()
+    ref.save_pretrained(directory, safe_serialization=True)
+    train_spiece(directory / "spiece.model")
+    transformers.SiglipImageProcessorPil(size={"height": 16, "width": 16}).save_pretrained(directory)
+    return ref, directory
+
+
+def test_zeroshot_cli_on_a_siglip_checkpoint_equals_hf(siglip16_dir, tmp_path):
+    """`python -m clip_jax.eval.zeroshot --weights SIGLIP_DIR` on clip_synthetic/tiny picks up the
+    checkpoint's tokenizer and transform, and its top-1 is that of transformers' SiglipModel on HF's own
+    preprocessing (SiglipImageProcessor) and tokenization (SiglipTokenizer) of the same images and
+    prompts, with CLIP's classifier (templates averaged). The two float32 paths agree to 1e-4 relative
+    in features (test_parity_with_hf_siglip_model), so a cosine moves by at most ~2e-4: images whose
+    best and second class are within twice that may rank either way, and only they may differ."""
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    from clip_jax.data import testing
+    from clip_jax.data.builders import get_builder
+    from clip_jax.eval import metadata, zeroshot
+
+    ref, directory = siglip16_dir
+    data_dir = testing.tiny_synthetic_data_dir()
+    argv = ["--weights", str(directory), "--dataset", "clip_synthetic/tiny", "--task", "shape"]
+    record = zeroshot.main(argv + ["--data-dir", data_dir, "--batch-size", "16"])
+    metrics = record["metrics"]
+
+    spec = metadata.get_dataset("clip_synthetic/tiny")
+    label_key = metadata.label_feature(spec, "shape")
+    classnames, templates = metadata.classnames_and_templates(spec.name, "shape")
+    builder = get_builder("clip_synthetic/tiny", data_dir)
+    raw = list(builder.as_dataset(split="test", decoders={"image": tfds.decode.SkipDecoding()}))
+    images = [Image.open(io.BytesIO(ex["image"].numpy())) for ex in raw]
+    labels = np.array([int(ex[label_key]) for ex in raw])
+    pixels = transformers.SiglipImageProcessorPil.from_pretrained(directory)(images, return_tensors="pt")
+    hf_tok = transformers.SiglipTokenizer(str(directory / "spiece.model"))
+    prompts = [t.format(c) for c in classnames for t in templates]
+    ids = hf_tok(prompts, padding="max_length", truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        out = ref(input_ids=ids["input_ids"], pixel_values=pixels["pixel_values"])
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    text = unit(out.text_embeds.numpy().astype(np.float64)).reshape(len(classnames), len(templates), -1)
+    cos = unit(out.image_embeds.numpy().astype(np.float64)) @ unit(text.mean(axis=1)).T
+    n = len(labels)
+    assert metrics["num_examples"] == n == 32
+    ranked = np.sort(cos, axis=1)[:, ::-1]
+    rank = (cos > cos[np.arange(n), labels][:, None]).sum(axis=1)
+    for k in (1, 5):
+        near = (ranked[:, k - 1] - ranked[:, k]) < 4e-4  # the k-th and (k+1)-th classes may swap
+        correct = int((rank < k).sum())
+        assert abs(round(metrics[f"acc{k}"] * n) - correct) <= near.sum(), (k, metrics, correct, near.sum())
+        assert near.sum() <= n // 4  # the comparison decides most images
+        print(f"top-{k} {metrics[f'acc{k}']:.4f} (HF {correct}/{n}), {near.sum()} near ties")
+    assert record["preprocess"]["transform"]["resize"] == "square"  # the record names SigLIP's transform
+
+
+def test_retrieval_and_linear_probe_clis_on_a_siglip_checkpoint(siglip16_dir, tmp_path):
+    """Retrieval tokenizes the captions with the checkpoint's tokenizer inside its tf.data pipeline (its
+    recall equals retrieval_eval fed SigLIP's ids and transform by hand), and the linear probe runs on
+    SigLIP's transform."""
+    from clip_jax import load_pretrained
+    from clip_jax.data import make_retrieval_dataset, testing
+    from clip_jax.eval import linear_probe, retrieval
+    from clip_jax.preprocess import read_hf_transform
+
+    _, directory = siglip16_dir
+    data_dir = testing.tiny_synthetic_data_dir()
+    common = ["--weights", str(directory), "--data-dir", data_dir, "--batch-size", "16"]
+    record = retrieval.main(common + ["--dataset", "clip_synthetic/tiny"])
+    model, params = load_pretrained(None, directory)
+    tok = find_siglip_tokenizer(directory)
+    ds = make_retrieval_dataset(
+        "clip_synthetic/tiny",
+        "test",
+        batch_size=16,
+        image_size=16,
+        context_length=64,
+        data_dir=data_dir,
+        transform=read_hf_transform(directory, 16),
+        tokenizer=tok,
+    )
+    batch = next(iter(ds))
+    caption = batch["text"][0, 0]
+    assert caption[-1] == tok.pad_id and tok.eos_id in caption  # SigLIP's ids, padded to 64
+    want = retrieval.retrieval_eval(model, params, ds, tokenizer=tok)
+    assert record["metrics"] == pytest.approx(want, rel=1e-12)
+    probe = linear_probe.main(common + ["--dataset", "clip_synthetic/tiny", "--task", "color"])
+    assert 0.0 <= probe["metrics"]["acc1"] <= 1.0
+
+
+def test_trainer_refuses_a_siglip_text_tower():
+    """Training tokenizes captions with CLIP's BPE: a SigLIP text tower is refused at start, by name."""
+    from clip_jax.train.config import default_config, validate_config
+
+    config = default_config()
+    config.model = "tiny-siglip"
+    config.loss = "sigmoid"
+    with pytest.raises(ValueError, match=r"config\.model: a siglip text tower .* CLIP's BPE"):
+        validate_config(config)

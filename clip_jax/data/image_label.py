@@ -4,7 +4,7 @@
     for batch in ds:   # {"image": float32 [b, S, S, 3], "label": int32 [b], "mask": bool [b], "index": int32 [b]}
         ...
 
-Images get OpenAI's eval transform, by default through PIL, bit-equal with open_clip's preprocess
+Images get the model's eval transform (default OpenAI's), by default through PIL, bit-equal with open_clip's preprocess
 (`preprocess="tf"`: the faster tf.image path, see `clip_jax.data.tf_ops.eval_image`). Each host reads its own
 contiguous slice and every host yields `ds.num_batches` batches; padded rows have mask False, label -1 and
 index -1, so summing over `mask` counts every example exactly once (see `padding.py`).
@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from clip_jax.data import builders, padding
 from clip_jax.data.tf_ops import EVAL_PREPROCESS, eval_image, no_autograph
+from clip_jax.preprocess import EvalTransform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +70,10 @@ def make_eval_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     preprocess: str = "pil",
+    transform: EvalTransform | None = None,
 ) -> padding.PaddedDataset:
     """Padded, per-host batches of `split`; `batch_size` is global (each host yields batch_size // hosts).
+    `transform` is the model's eval transform (`clip_jax.preprocess.EvalTransform`, default OpenAI's).
 
     The result is re-iterable and has num_examples, num_batches, num_classes and class_names attributes.
     """
@@ -84,15 +87,15 @@ def make_eval_dataset(
         raise ValueError(f"{builder.name} has no feature {image_key!r}: {list(builder.info.features.keys())}")
     shard = padding.host_shard(builders.split_size(builder, split), batch_size, process_index, process_count)
 
-    def transform(example):
-        image = eval_image(example[image_key], image_size, preprocess)
+    def prepare(example):
+        image = eval_image(example[image_key], image_size, preprocess, transform)
         return {"image": image, "label": tf.cast(example[label_key], tf.int32)}
 
     pad = {"image": tf.zeros([image_size, image_size, 3], tf.float32), "label": tf.constant(-1, tf.int32)}
 
     def build() -> tf.data.Dataset:
         ds = builders.read_host_slice(builder, split, shard, decoders={image_key: tfds.decode.SkipDecoding()})
-        ds = ds.map(no_autograph(transform), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(no_autograph(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return padding.pad_and_batch(ds, shard, pad).prefetch(2)
 
     return padding.PaddedDataset(

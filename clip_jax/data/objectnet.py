@@ -7,9 +7,13 @@ import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:
+    from clip_jax.preprocess import EvalTransform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG")
 # ObjectNet images carry a 1-pixel red border; the standard protocol crops 2 pixels off each side.
@@ -30,14 +34,14 @@ def objectnet_files(root: str | Path, folders: Sequence[str]) -> list[tuple[Path
     return out
 
 
-def _load_objectnet_image(path: Path, image_size: int) -> np.ndarray:
+def _load_objectnet_image(path: Path, image_size: int, transform: EvalTransform | None) -> np.ndarray:
     from PIL import ImageOps
 
-    from clip_jax.preprocess import load_image, preprocess_image
+    from clip_jax.preprocess import OPENAI_TRANSFORM, load_image, preprocess_image
 
     image = load_image(path)
     image = ImageOps.crop(image.convert("RGB"), border=OBJECTNET_BORDER)
-    return preprocess_image(image, image_size)
+    return preprocess_image(image, image_size, transform or OPENAI_TRANSFORM)
 
 
 def objectnet_dataset(
@@ -49,8 +53,10 @@ def objectnet_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     num_threads: int = 8,
+    transform: EvalTransform | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """ObjectNet batches {"image", "label" (index in `folders`), "mask"} from a local folder.
+    """ObjectNet batches {"image", "label" (index in `folders`), "mask"} from a local folder, in the
+    model's eval `transform` (default OpenAI's).
 
     `folders` are the class folders to read, in label order (for CLIP's protocol, the 113 classes that
     overlap ImageNet, from `clip_jax.eval.metadata.objectnet_classes()`).
@@ -74,7 +80,9 @@ def objectnet_dataset(
             images = np.zeros((batch_size, image_size, image_size, 3), np.float32)
             labels = np.zeros(batch_size, np.int32)
             mask = np.zeros(batch_size, np.int32)
-            for i, img in enumerate(pool.map(lambda f: _load_objectnet_image(f[0], image_size), chunk)):
+            for i, img in enumerate(
+                pool.map(lambda f: _load_objectnet_image(f[0], image_size, transform), chunk)
+            ):
                 images[i] = img
                 labels[i] = chunk[i][1]
                 mask[i] = 1

@@ -2,7 +2,7 @@
 
     ds = make_retrieval_dataset("clip_synthetic", "test", batch_size=64, image_size=64)
     for batch in ds:
-        batch["image"]      # float32 [b, S, S, 3], OpenAI eval transform (PIL; tf_ops.eval_image)
+        batch["image"]      # float32 [b, S, S, 3], the eval transform (PIL; tf_ops.eval_image)
         batch["text"]       # int32 [b, K, L]: K captions per image, tokenized
         batch["text_mask"]  # bool [b, K]: False where an image has fewer than K captions
         batch["mask"]       # bool [b]: False on padding rows (see padding.py)
@@ -19,7 +19,8 @@ import tensorflow_datasets as tfds
 
 from clip_jax.data import builders, padding
 from clip_jax.data.image_text import get_path
-from clip_jax.data.tf_ops import EVAL_PREPROCESS, eval_image, no_autograph, tf_tokenize
+from clip_jax.data.tf_ops import EVAL_PREPROCESS, Tokenizer, eval_image, no_autograph, tf_tokenize
+from clip_jax.preprocess import EvalTransform
 
 _CAPTION_KEYS = ("captions/text", "captions", "caption")
 DEFAULT_CAPTIONS_PER_IMAGE = 5
@@ -58,8 +59,11 @@ def make_retrieval_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     preprocess: str = "pil",
+    transform: EvalTransform | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> padding.PaddedDataset:
-    """Padded, per-host batches of images and their captions; `batch_size` is global (images)."""
+    """Padded, per-host batches of images and their captions; `batch_size` is global (images).
+    `transform` and `tokenizer` are the model's (`clip_jax.inputs.ModelInputs`; default CLIP's)."""
     if preprocess not in EVAL_PREPROCESS:
         raise ValueError(f"preprocess={preprocess!r}; choose from {EVAL_PREPROCESS}")
     process_index = jax.process_index() if process_index is None else process_index
@@ -72,13 +76,13 @@ def make_retrieval_dataset(
     k = captions_per_image
     shard = padding.host_shard(builders.split_size(builder, split), batch_size, process_index, process_count)
 
-    def transform(example):
+    def prepare(example):
         captions = tf.reshape(tf.convert_to_tensor(get_path(example, caption_key)), [-1])[:k]
         count = tf.size(captions)
         captions = tf.concat([captions, tf.fill([k - count], "")], axis=0)
         captions.set_shape([k])
         return {
-            "image": eval_image(example[image_key], image_size, preprocess),
+            "image": eval_image(example[image_key], image_size, preprocess, transform),
             "captions": captions,
             "text_mask": tf.range(k) < count,
         }
@@ -91,12 +95,12 @@ def make_retrieval_dataset(
 
     def tokenize(batch):
         batch = dict(batch)
-        batch["text"] = tf_tokenize(batch.pop("captions"), context_length)
+        batch["text"] = tf_tokenize(batch.pop("captions"), context_length, tokenizer)
         return batch
 
     def build() -> tf.data.Dataset:
         ds = builders.read_host_slice(builder, split, shard, decoders={image_key: tfds.decode.SkipDecoding()})
-        ds = ds.map(no_autograph(transform), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(no_autograph(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = padding.pad_and_batch(ds, shard, pad)
         return ds.map(
             no_autograph(tokenize), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

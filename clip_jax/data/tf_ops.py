@@ -3,10 +3,16 @@ autograph-free map functions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from clip_jax.tokenizer import tokenize
+
+if TYPE_CHECKING:
+    from clip_jax.preprocess import EvalTransform
 
 
 def no_autograph(fn):
@@ -15,15 +21,21 @@ def no_autograph(fn):
     return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _tokenize_batch(captions: np.ndarray, context_length: int) -> np.ndarray:
+Tokenizer = Callable[[Sequence[str]], np.ndarray]
+
+
+def _tokenize_batch(captions: np.ndarray, context_length: int, tokenizer: Tokenizer | None) -> np.ndarray:
     texts = [c.decode("utf-8", errors="replace") for c in captions.reshape(-1)]
-    return tokenize(texts, context_length).reshape(captions.shape + (context_length,))
+    tokens = tokenize(texts, context_length) if tokenizer is None else np.asarray(tokenizer(texts), np.int32)
+    return tokens.reshape(captions.shape + (context_length,))
 
 
-def tf_tokenize(captions: tf.Tensor, context_length: int) -> tf.Tensor:
-    """Tokenize a string tensor of any shape inside tf.data: int32 [*shape, context_length]."""
+def tf_tokenize(captions: tf.Tensor, context_length: int, tokenizer: Tokenizer | None = None) -> tf.Tensor:
+    """Tokenize a string tensor of any shape inside tf.data: int32 [*shape, context_length].
+
+    `tokenizer` (texts -> ids [N, context_length]) defaults to CLIP's BPE; a SigLIP model's is its own."""
     tokens = tf.numpy_function(
-        lambda c: _tokenize_batch(c, context_length), [captions], tf.int32, stateful=False
+        lambda c: _tokenize_batch(c, context_length, tokenizer), [captions], tf.int32, stateful=False
     )
     tokens.set_shape(captions.shape.concatenate([context_length]))
     return tokens
@@ -52,22 +64,28 @@ def decode_image_like_pil(encoded: tf.Tensor) -> tf.Tensor:
     )
 
 
-def eval_image(encoded: tf.Tensor, image_size: int, preprocess: str = "pil") -> tf.Tensor:
-    """Encoded image bytes -> float32 [S, S, 3], OpenAI's eval transform.
+def eval_image(
+    encoded: tf.Tensor, image_size: int, preprocess: str = "pil", transform: EvalTransform | None = None
+) -> tf.Tensor:
+    """Encoded image bytes -> float32 [S, S, 3], the model's eval transform (default OpenAI's).
 
     "pil": PIL decodes and transforms (`clip_jax.preprocess.preprocess_encoded` in a tf.numpy_function),
     bit-equal with open_clip's preprocess for every PIL mode (L, P, RGBA, CMYK JPEG, ...); parallel map
     calls overlap, as PIL releases the GIL while it decodes and resizes. "tf": tf.image decoding and
     `tf_eval_transform`, faster, within `clip_jax.preprocess.TF_EVAL_GAP` of it.
     """
-    from clip_jax.preprocess import preprocess_encoded, tf_eval_transform
+    from clip_jax.preprocess import OPENAI_TRANSFORM, preprocess_encoded, tf_eval_transform
 
+    transform = transform or OPENAI_TRANSFORM
     if preprocess == "tf":
-        return tf_eval_transform(decode_image_like_pil(encoded), image_size)
+        return tf_eval_transform(decode_image_like_pil(encoded), image_size, transform)
     if preprocess != "pil":
         raise ValueError(f"preprocess={preprocess!r}; choose from {EVAL_PREPROCESS}")
     image = tf.numpy_function(
-        lambda data: preprocess_encoded(bytes(data), image_size), [encoded], tf.float32, stateful=False
+        lambda data: preprocess_encoded(bytes(data), image_size, transform),
+        [encoded],
+        tf.float32,
+        stateful=False,
     )
     image.set_shape([image_size, image_size, 3])
     return image

@@ -25,23 +25,10 @@ from clip_jax.eval import metadata
 from clip_jax.eval.cache import params_fingerprint
 from clip_jax.eval.metrics import ClassificationMeter, collapse_logits, pad_groups
 from clip_jax.eval.runtime import Batch, Encoder, batch_mask, gather_processes, iterate_batches
+from clip_jax.inputs import ModelInputs
 from clip_jax.models.clip import CLIP, l2_normalize
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
-
-
-def _default_tokenizer(model: CLIP) -> Tokenizer:
-    """CLIP's BPE. A SigLIP-style text tower (pooled at the last position) was trained with its own
-    vocabulary, which only its checkpoint has: the caller must pass it."""
-    from clip_jax.tokenizer import tokenize
-
-    if model.cfg.text.pool_type != "argmax":
-        raise ValueError(
-            "this text tower does not read CLIP's BPE ids: pass its tokenizer (for SigLIP, "
-            "clip_jax.siglip_tokenizer.find_siglip_tokenizer(<checkpoint directory>))"
-        )
-    context_length = model.cfg.text.context_length
-    return lambda texts: tokenize(list(texts), context_length=context_length)
 
 
 def classifier_cache_key(checkpoint_id: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
@@ -78,7 +65,8 @@ def build_zeroshot_classifier(
         )
         if os.path.exists(cache_path):
             return np.load(cache_path)
-    tokenizer = tokenizer or _default_tokenizer(model)
+    # Without one, CLIP's BPE (a SigLIP text tower raises: its vocabulary is in its checkpoint).
+    tokenizer = tokenizer or ModelInputs().text_tokenizer(model.cfg)
     texts = [t.format(c) for c in classnames for t in templates]
     tokens = np.asarray(tokenizer(texts), np.int32)
     if model.cfg.text.padding_inert:  # not SigLIP's: it reads every column

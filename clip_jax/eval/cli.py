@@ -14,6 +14,7 @@ import jax
 from clip_jax.eval import results
 from clip_jax.eval.common import Evaluator
 from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK
+from clip_jax.inputs import ModelInputs, model_inputs
 from clip_jax.models import CLIP, get_model_config, init_params, random_params
 
 E = TypeVar("E", bound=Evaluator)
@@ -26,6 +27,8 @@ class ModelIdent:
     model: str
     pretrained: str
     checkpoint_id: str
+    # The eval transform and tokenizer its weights were trained with (`clip_jax.inputs.model_inputs`).
+    inputs: ModelInputs = ModelInputs()
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +91,8 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         model = CLIP(get_model_config(args.model))
         params = random_params(model, args.seed)
         tag = args.pretrained or "random"
-        return model, params, ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}")
+        ident = ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}", model_inputs(model.cfg))
+        return model, params, ident
     from clip_jax.weights import params_io
 
     if args.checkpoint and not params_io.is_params_dir(args.checkpoint):
@@ -104,14 +108,20 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
             raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from e
         print(f"--checkpoint: step {step_dir.name} of {step_dir.parent}")
         tag = args.pretrained or f"{Path(args.checkpoint).name}@{step_dir.name}"
-        return model, params, ModelIdent(args.model, tag, f"{step_dir.resolve()}")
+        # A training run's own: its pipeline tokenized and transformed as the model's family does.
+        return model, params, ModelIdent(args.model, tag, f"{step_dir.resolve()}", model_inputs(model.cfg))
     from clip_jax.weights import load_pretrained
     from clip_jax.weights.identify import pretrained_tag
 
     model, params = load_pretrained(args.model, source, quick_gelu=args.quick_gelu)
     name = args.model or _config_name(model)
     tag = args.pretrained or pretrained_tag(source)
-    return model, params, ModelIdent(name, tag, _file_id(source) if Path(source).is_file() else str(source))
+    checkpoint_id = _file_id(source) if Path(source).is_file() else str(source)
+    try:
+        inputs = model_inputs(model.cfg, source)
+    except ValueError as e:  # a preprocessor_config.json or tokenizer_config.json it cannot follow
+        raise SystemExit(f"--weights {source}: {e}") from e
+    return model, params, ModelIdent(name, tag, checkpoint_id, inputs)
 
 
 def _config_name(model: CLIP) -> str:
@@ -137,10 +147,11 @@ def data_fields(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def build(cls: type[E], config: dict[str, Any], model: CLIP) -> E:
-    """`cls(config, model)`, a bad value becoming an error that names its flag."""
+def build(cls: type[E], config: dict[str, Any], model: CLIP, inputs: ModelInputs | None = None) -> E:
+    """`cls(config, model, inputs=inputs)` (the model's transform and tokenizer, from `load_model`), a bad
+    value becoming an error that names its flag."""
     try:
-        return cls(config, model, where="flags")
+        return cls(config, model, where="flags", inputs=inputs)
     except ValueError as e:
         raise SystemExit(str(e).replace("flags.", "--")) from e
 
@@ -158,7 +169,8 @@ def write_result(
     args: argparse.Namespace, ident: ModelIdent, dataset: str, task: str, metrics: dict, **extra: Any
 ) -> dict:
     """Make the record (with the input pipeline it used), write it to --output (process 0) and print it."""
-    extra = {"preprocess": results.preprocess_note(getattr(args, "preprocess", "pil"))} | extra
+    note = results.preprocess_note(getattr(args, "preprocess", "pil"), ident.inputs.transform)
+    extra = {"preprocess": note} | extra
     record = results.make_record(dataset, ident.model, ident.pretrained, task, metrics, **extra)
     if jax.process_index() == 0:
         if args.output:

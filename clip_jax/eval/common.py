@@ -20,6 +20,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from clip_jax.inputs import ModelInputs, model_inputs
 from clip_jax.models.clip import CLIP
 
 # type -> "module:class"; imported when used, so that the evaluators never import each other.
@@ -75,18 +76,30 @@ class Evaluator(abc.ABC):
     """One evaluation of a model: built once (datasets, class names, prompts), run on any params.
 
     Subclasses set `config_class` (a DataConfig dataclass) and implement `run`. `run` returns a dict of
-    metrics: floats, and for evaluations over several datasets a dict of them per dataset.
+    metrics: floats, and for evaluations over several datasets a dict of them per dataset. `inputs`
+    (`clip_jax.inputs.ModelInputs`) are the model's eval transform and tokenizer, which its datasets
+    and prompts are made with.
     """
 
     config_class: ClassVar[type[DataConfig]] = DataConfig
     requires_dataset: ClassVar[bool] = True
 
-    def __init__(self, config: Mapping[str, Any], model: CLIP, *, where: str = "evaluation") -> None:
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        model: CLIP,
+        *,
+        where: str = "evaluation",
+        inputs: ModelInputs | None = None,
+    ) -> None:
         self.where = where
         self.config = parse_config(self.config_class, dict(config), where)
         if self.requires_dataset and not self.config.dataset:
             raise ValueError(f"{where}.dataset is required")
         self.model = model
+        # The model's eval transform and tokenizer (`clip_jax.inputs.model_inputs` of its checkpoint);
+        # without them, its config family's defaults.
+        self.inputs = inputs if inputs is not None else model_inputs(model.cfg)
 
     @abc.abstractmethod
     def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:

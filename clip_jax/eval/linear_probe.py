@@ -39,6 +39,7 @@ from clip_jax.eval.common import DataConfig, Evaluator
 from clip_jax.eval.datasets import eval_dataset
 from clip_jax.eval.features import extract_image_features
 from clip_jax.eval.metrics import classification_metrics
+from clip_jax.inputs import ModelInputs
 from clip_jax.models.clip import CLIP
 
 
@@ -305,17 +306,19 @@ class LinearProbe(Evaluator):
 
     config_class = LinearProbeConfig
 
-    def __init__(self, config, model: CLIP, *, where: str = "linear_probe") -> None:
-        super().__init__(config, model, where=where)
+    def __init__(
+        self, config, model: CLIP, *, where: str = "linear_probe", inputs: ModelInputs | None = None
+    ) -> None:
+        super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
         if not 0 < c.val_fraction < 1:
             raise ValueError(f"{where}.val_fraction must be in (0, 1), got {c.val_fraction}")
         self.spec = metadata.get_dataset(c.dataset)
         self.num_classes = len(metadata.classnames_and_templates(self.spec.name, c.task)[0])
-        size = model.cfg.vision.image_size
+        size, transform = model.cfg.vision.image_size, self.inputs.transform
         self.splits = {
-            "train": (c.train_split, eval_dataset(c, size, split=c.train_split)),
-            "test": (c.split or self.spec.split, eval_dataset(c, size)),
+            "train": (c.train_split, eval_dataset(c, size, split=c.train_split, transform=transform)),
+            "test": (c.split or self.spec.split, eval_dataset(c, size, transform=transform)),
         }
 
     def _features(self, params: Any, which: str, checkpoint_id: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -380,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "seed": args.seed,
         "feature_cache": args.feature_cache,
     }
-    evaluator = cli.build(LinearProbe, fields, model)
+    evaluator = cli.build(LinearProbe, fields, model, ident.inputs)
     metrics = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
     return cli.write_result(args, ident, evaluator.spec.name, "linear_probe", metrics)
 

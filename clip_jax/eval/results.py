@@ -10,23 +10,31 @@ records, or JSON lines; `read_records` accepts all three and whole folders.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clip_jax.preprocess import EvalTransform
 
 TASKS = ("zeroshot_classification", "linear_probe", "zeroshot_retrieval")
 
 
-def preprocess_note(preprocess: str) -> dict[str, Any]:
-    """What a record says about its input pipeline: exact (PIL, open_clip's preprocess bit for bit), or
-    the tf.image fast path with the bounds of its gap to it."""
-    if preprocess == "pil":
-        return {"name": "pil", "exact": True}
-    from clip_jax.preprocess import TF_EVAL_GAP
+def preprocess_note(preprocess: str, transform: EvalTransform | None = None) -> dict[str, Any]:
+    """What a record says about its input pipeline: exact (PIL, bit for bit the reference preprocess:
+    open_clip's, or for SigLIP's transform HF's SiglipImageProcessor), or the tf.image fast path with the
+    bounds of its gap to it; and the model's eval transform where it is not OpenAI's."""
+    from clip_jax.preprocess import OPENAI_TRANSFORM, TF_EVAL_GAP
 
-    return {"name": preprocess, "exact": False, "gap_vs_open_clip": dict(TF_EVAL_GAP)}
+    note: dict[str, Any] = {"name": preprocess, "exact": preprocess == "pil"}
+    if preprocess != "pil":
+        note["gap_vs_open_clip"] = dict(TF_EVAL_GAP)
+    if transform is not None and transform != OPENAI_TRANSFORM:
+        note["transform"] = dataclasses.asdict(transform)
+    return note
 
 
 def make_record(

@@ -24,6 +24,7 @@ from clip_jax.eval.common import DataConfig, Evaluator
 from clip_jax.eval.datasets import retrieval_dataset
 from clip_jax.eval.metrics import retrieval_metrics
 from clip_jax.eval.runtime import Batch, batch_mask, default_mesh, gather_processes, iterate_batches
+from clip_jax.inputs import ModelInputs
 from clip_jax.models.clip import CLIP
 
 CAPTION_KEYS = ("captions", "caption", "texts")
@@ -83,9 +84,7 @@ def retrieval_eval(
     mesh = default_mesh() if mesh is None else mesh
     context_length = model.cfg.text.context_length
     if tokenizer is None:
-        from clip_jax.tokenizer import tokenize
-
-        tokenizer = lambda texts: tokenize(texts, context_length=context_length)  # noqa: E731
+        tokenizer = ModelInputs().text_tokenizer(model.cfg)  # CLIP's BPE; a SigLIP tower needs its own
     img_enc = F.image_encoder(model, params, mesh=mesh)
     image_feats, tokens = [], []
     for batch in iterate_batches(dataset, max_batches, progress):
@@ -128,13 +127,22 @@ class Retrieval(Evaluator):
 
     config_class = RetrievalConfig
 
-    def __init__(self, config, model: CLIP, *, where: str = "retrieval") -> None:
-        super().__init__(config, model, where=where)
+    def __init__(
+        self, config, model: CLIP, *, where: str = "retrieval", inputs: ModelInputs | None = None
+    ) -> None:
+        super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
         if c.max_captions < 1:
             raise ValueError(f"{where}.max_captions must be >= 1, got {c.max_captions}")
         cfg = model.cfg
-        self.dataset = retrieval_dataset(c, cfg.vision.image_size, cfg.text.context_length)
+        self.tokenizer = self.inputs.text_tokenizer(cfg)
+        self.dataset = retrieval_dataset(
+            c,
+            cfg.vision.image_size,
+            cfg.text.context_length,
+            transform=self.inputs.transform,
+            tokenizer=self.inputs.tokenizer,  # None: the pipeline's own CLIP BPE
+        )
         self.name = c.name or ("mscoco_captions" if c.dataset.startswith("coco_captions") else c.dataset)
 
     def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:
@@ -143,6 +151,7 @@ class Retrieval(Evaluator):
             self.model,
             params,
             self.dataset,
+            tokenizer=self.tokenizer,
             max_captions=c.max_captions,
             max_batches=c.max_batches,
             progress=c.dataset,
@@ -164,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     model, params, ident = cli.load_model(args)
     fields = cli.data_fields(args) | {"name": args.name, "max_captions": args.max_captions}
-    evaluator = cli.build(Retrieval, fields, model)
+    evaluator = cli.build(Retrieval, fields, model, ident.inputs)
     metrics = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
     return cli.write_result(args, ident, evaluator.name, "zeroshot_retrieval", metrics)
 

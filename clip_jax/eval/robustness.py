@@ -57,7 +57,9 @@ from clip_jax.eval.classifier import (
 from clip_jax.eval.common import DataConfig, Evaluator
 from clip_jax.eval.datasets import eval_dataset
 from clip_jax.eval.runtime import Batch, batch_mask, default_mesh, gather_processes
+from clip_jax.inputs import ModelInputs
 from clip_jax.models.clip import CLIP
+from clip_jax.preprocess import EvalTransform
 
 # The in-distribution set whose accuracy the effective-robustness baselines are fitted against.
 REFERENCE_DATASET = "imagenet1k"
@@ -483,16 +485,21 @@ class Robustness(Evaluator):
     config_class = RobustnessConfig
     requires_dataset = False
 
-    def __init__(self, config, model: CLIP, *, where: str = "robustness") -> None:
-        super().__init__(config, model, where=where)
+    def __init__(
+        self, config, model: CLIP, *, where: str = "robustness", inputs: ModelInputs | None = None
+    ) -> None:
+        super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
-        size = model.cfg.vision.image_size
+        self.tokenizer = self.inputs.text_tokenizer(model.cfg)
+        size, transform = model.cfg.vision.image_size, self.inputs.transform
         if c.splits is not None:
             if not c.dataset:
                 raise ValueError(f"{where}.splits needs {where}.dataset")
             reference = metadata.get_dataset(c.dataset)
             splits = _names(c.splits, f"{where}.splits")
-            self.datasets = [(split, eval_dataset(c, size, split=split)) for split in splits]
+            self.datasets = [
+                (split, eval_dataset(c, size, split=split, transform=transform)) for split in splits
+            ]
             self.heads = {split: head_for(reference.head) for split in splits}
         else:
             names = _names(c.datasets, f"{where}.datasets")
@@ -501,7 +508,9 @@ class Robustness(Evaluator):
                 names.remove("objectnet")
             specs = [metadata.get_dataset(n) for n in names]
             reference = specs[0]
-            self.datasets = [(s.name, eval_dataset(c, size, dataset=s.name)) for s in specs]
+            self.datasets = [
+                (s.name, eval_dataset(c, size, dataset=s.name, transform=transform)) for s in specs
+            ]
             self.heads = None
         self.classnames, templates = metadata.classnames_and_templates(reference.name, c.task)
         self.templates = metadata.choose_templates(c.templates, reference, templates)
@@ -513,6 +522,7 @@ class Robustness(Evaluator):
             params,
             self.classnames,
             self.templates,
+            tokenizer=self.tokenizer,
             cache_dir=c.classifier_cache if checkpoint_id else None,
             checkpoint_id=checkpoint_id,
             progress=True,
@@ -537,7 +547,11 @@ def _names(value: Any, where: str) -> list[str]:
 
 
 def report_records(
-    report: Mapping[str, Any], model: str, pretrained: str, preprocess: str = "pil"
+    report: Mapping[str, Any],
+    model: str,
+    pretrained: str,
+    preprocess: str = "pil",
+    transform: EvalTransform | None = None,
 ) -> list[dict]:
     """CLIP_benchmark records of a robustness report: one per dataset, and the shift average, each saying
     which input pipeline ran (`preprocess`, see `clip_jax.eval.results.preprocess_note`).
@@ -552,7 +566,7 @@ def report_records(
     fits = baseline_fits() if er else {}
     records = []
     for name, metrics in report["datasets"].items():
-        extra: dict[str, Any] = {"preprocess": results.preprocess_note(preprocess)}
+        extra: dict[str, Any] = {"preprocess": results.preprocess_note(preprocess, transform)}
         metrics = dict(metrics)
         if name in er:
             metrics.update(effective_robustness=er[name], reference_acc1=reference_accuracy(report, name))
@@ -564,7 +578,7 @@ def report_records(
         metrics = {"acc1": report["average_shift_acc1"]}
         extra = {
             "shifts": [n for n in report["datasets"] if n != report["reference"]],
-            "preprocess": results.preprocess_note(preprocess),
+            "preprocess": results.preprocess_note(preprocess, transform),
         }
         if er:
             metrics["effective_robustness"] = report.get("average_effective_robustness")
@@ -625,9 +639,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     model, params, ident = cli.load_model(args)
     fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
-    evaluator = cli.build(Robustness, fields | {"datasets": args.datasets}, model)
+    evaluator = cli.build(Robustness, fields | {"datasets": args.datasets}, model, ident.inputs)
     report = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
-    records = report_records(report, ident.model, ident.pretrained, args.preprocess)
+    records = report_records(report, ident.model, ident.pretrained, args.preprocess, ident.inputs.transform)
     if jax.process_index() == 0:
         if args.output:
             results.write_records(args.output, records)

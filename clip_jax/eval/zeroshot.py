@@ -36,6 +36,7 @@ from clip_jax.eval.classifier import (
 from clip_jax.eval.common import DataConfig, Evaluator
 from clip_jax.eval.datasets import eval_dataset
 from clip_jax.eval.runtime import Batch, default_mesh
+from clip_jax.inputs import ModelInputs
 from clip_jax.models.clip import CLIP
 
 
@@ -98,15 +99,18 @@ class ZeroShot(Evaluator):
 
     config_class = ZeroShotConfig
 
-    def __init__(self, config, model: CLIP, *, where: str = "zeroshot") -> None:
-        super().__init__(config, model, where=where)
+    def __init__(
+        self, config, model: CLIP, *, where: str = "zeroshot", inputs: ModelInputs | None = None
+    ) -> None:
+        super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
         self.spec = metadata.get_dataset(c.dataset)
         classnames, templates = metadata.classnames_and_templates(self.spec.name, c.task)
         self.classnames = classnames
         self.templates = metadata.choose_templates(c.templates, self.spec, templates)
         self.head = head_for(self.spec.head)
-        self.dataset = eval_dataset(c, model.cfg.vision.image_size)
+        self.tokenizer = self.inputs.text_tokenizer(model.cfg)  # here, so that a missing one stops the start
+        self.dataset = eval_dataset(c, model.cfg.vision.image_size, transform=self.inputs.transform)
 
     def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:
         c = self.config
@@ -117,6 +121,7 @@ class ZeroShot(Evaluator):
             self.classnames,
             self.templates,
             head=self.head,
+            tokenizer=self.tokenizer,
             max_batches=c.max_batches,
             progress=self.spec.name,
             cache_dir=c.classifier_cache if checkpoint_id else None,
@@ -137,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     model, params, ident = cli.load_model(args)
     config = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
-    evaluator = cli.build(ZeroShot, config, model)
+    evaluator = cli.build(ZeroShot, config, model, ident.inputs)
     metrics = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
     return cli.write_result(args, ident, evaluator.spec.name, "zeroshot_classification", metrics)
 

@@ -154,6 +154,13 @@ class CLIPConfig:
                 f"{self.vision.width} as the embedding, but embed_dim is {self.embed_dim}"
             )
 
+    @property
+    def family(self) -> str:
+        """ "siglip" for SigLIP's text tower (pooled at the last position: it reads sentencepiece ids padded
+        to the context, which only a SigLIP checkpoint's vocabulary gives), else "clip". It decides the
+        inputs a model needs where its checkpoint does not say (`clip_jax.inputs.model_inputs`)."""
+        return "siglip" if self.text.pool_type == "last" else "clip"
+
     def replace(self, **kwargs: Any) -> CLIPConfig:
         return dataclasses.replace(self, **kwargs)
 
