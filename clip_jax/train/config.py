@@ -87,7 +87,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     brackets or quotes do not split.
     """
     out = ml_collections.ConfigDict(defaults)
-    for item in _split_top_level(arg or ""):
+    for item in split_top_level(arg or ""):
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or key not in defaults:
@@ -96,7 +96,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return out
 
 
-def _split_top_level(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
+    """`text` split at the commas outside brackets and quotes (the items of a config argument)."""
     items, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:

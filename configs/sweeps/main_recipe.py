@@ -13,5 +13,18 @@ from configs.synthetic_tiny import get_config  # noqa: F401  (the config every r
 
 
 def sweep(add):
+    # Round 1: patch size, learning rate and loss (the main job's recipe was patch 8, lr 1e-3, softmax).
     for run in product(**{"arg.patch": [8, 4], "arg.lr": [1e-3, 3e-3], "arg.loss": ["softmax", "sigmoid"]}):
         add(**run)
+    # Round 2, from round 1's best (patch 8, lr 1e-3, softmax): more pixels per patch at the same 16
+    # tokens, a wider or deeper model, a larger batch, a higher learning rate.
+    base = {"arg.patch": 8, "arg.lr": 1e-3, "arg.loss": "softmax"}
+    for change in (
+        {"arg.image_size": 64, "arg.patch": 16},
+        {"arg.image_size": 48, "arg.patch": 12},
+        {"arg.width": 256},
+        {"arg.layers": 6},
+        {"arg.batch": 256},
+        {"arg.lr": 2e-3},
+    ):
+        add(**{**base, **change})
