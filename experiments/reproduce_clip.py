@@ -3,10 +3,13 @@ distribution shifts, the effective-robustness plot, and linear probes; then the 
 
     python experiments/reproduce_clip.py \\
         --weights ViT-B-32-quickgelu=ViT-B-32.pt --weights ViT-L-14-336-quickgelu=ViT-L-14-336px.pt \\
+        --weights RN50-quickgelu=RN50.pt \\
         --data-dir ~/tensorflow_datasets --objectnet-dir ~/objectnet-1.0 --output-dir results/clip
 
 Each --weights is MODEL=PATH (any format clip_jax.load_pretrained reads; OpenAI's .pt files are QuickGELU
-models, hence the -quickgelu names), or MODEL=random for a smoke run. Datasets that are not prepared in the
+models, hence the -quickgelu names; the ResNets too, RN50-quickgelu ...), or MODEL=random for a smoke run. The
+published column holds the paper's numbers, and for RN50 and RN101 open_clip's evaluation of OpenAI's weights
+(published_clip_numbers.json says which). Datasets that are not prepared in the
 TFDS data dir are skipped with a message. Batches are split over all local devices. Writes, under
 --output-dir: <model>/zeroshot.json (with each shift's effective robustness), <model>/linear_probe_<dataset>
 .json, effective_robustness.png (beside the ImageNet models' fitted baseline), tables.md and tables.csv; classifier weights and image features are cached in cache/ so a rerun after an
@@ -91,8 +94,12 @@ def run_model(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict | N
                 "templates": args.templates,
                 "classifier_cache": cache,
             }
-            report = Robustness(config, model).run(params, checkpoint_id=ident.checkpoint_id)
-            zs = report_records(report, ident.model, ident.pretrained, fields["preprocess"])
+            report = Robustness(config, model, inputs=ident.inputs).run(
+                params, checkpoint_id=ident.checkpoint_id
+            )
+            zs = report_records(
+                report, ident.model, ident.pretrained, fields["preprocess"], ident.inputs.transform
+            )
             point = plot_point(report, f"{ident.model} ({ident.pretrained})")
             if jax.process_index() == 0:
                 results.write_records(model_dir / "zeroshot.json", zs)
@@ -109,8 +116,10 @@ def run_model(args: argparse.Namespace, out: Path) -> tuple[list[dict], dict | N
                 "feature_cache": cache,
             }
             _log(f"{ident.model}: linear probe on {spec.name}")
-            metrics = LinearProbe(config, model).run(params, checkpoint_id=ident.checkpoint_id)
-            note = results.preprocess_note(fields["preprocess"])
+            metrics = LinearProbe(config, model, inputs=ident.inputs).run(
+                params, checkpoint_id=ident.checkpoint_id
+            )
+            note = results.preprocess_note(fields["preprocess"], ident.inputs.transform)
             record = results.make_record(
                 spec.name, ident.model, ident.pretrained, "linear_probe", metrics, preprocess=note
             )

@@ -343,6 +343,33 @@ def test_tables_put_published_numbers_beside_ours(tmp_path):
     _check_tables(rows, records, text, csv.read_text())
 
 
+def test_rn_rows_of_the_reproduction_table():
+    """OpenAI's RN50 and RN101 records get their published zero-shot ImageNet numbers (open_clip's
+    evaluation of OpenAI's weights: 59.8 and 62.3) beside ours in reproduce_clip's table, in the row
+    of their model beside the ViTs'; numbers left null there (their linear probe) stay empty."""
+    from clip_jax.eval.results import make_record
+
+    published = json.loads(metadata.PUBLISHED_NUMBERS.read_text())
+    assert "openclip_results.csv" in published["citations"]["zeroshot.imagenet1k of RN50 and RN101"]
+    records = [
+        make_record("imagenet1k", "RN50-quickgelu", "openai", "zeroshot_classification", {"acc1": 0.5979}),
+        make_record("imagenet1k", "RN101-quickgelu", "openai", "zeroshot_classification", {"acc1": 0.6231}),
+        make_record("imagenet1k", "ViT-B-32-quickgelu", "openai", "zeroshot_classification", {"acc1": 0.631}),
+        make_record("imagenet1k", "RN50-quickgelu", "openai", "linear_probe", {"acc1": 0.73}),
+    ]
+    tables = _script("make_tables")
+    rows = tables.table_rows(records, published)
+    paper = {(r["model"], r["task"]): r["paper"] for r in rows}
+    assert paper[("RN50-quickgelu", "zeroshot_classification")] == 59.8
+    assert paper[("RN101-quickgelu", "zeroshot_classification")] == 62.3
+    assert paper[("ViT-B-32-quickgelu", "zeroshot_classification")] == 63.2
+    assert paper[("RN50-quickgelu", "linear_probe")] is None
+    markdown = tables.to_markdown(rows)
+    assert "| RN50-quickgelu | openai | 59.8 (59.8) |" in markdown
+    assert "| RN101-quickgelu | openai | 62.3 (62.3) |" in markdown
+    _check_tables(rows, records, markdown, tables.to_csv(rows))
+
+
 def test_reproduce_clip_on_mock_imagenet(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
