@@ -368,3 +368,51 @@ def test_eight_devices_train_like_one():
     assert check["local_bn_loss_error"] > 10 * REL
     # A run resumed from its step-2 checkpoint ends with the uninterrupted run's state, bit for bit.
     assert check["resumed_equal"] and check["resumed_from"] == 2
+
+
+def test_train_step_in_bf16_and_with_remat():
+    """tiny-rn's train step in bf16 (params and optimizer fp32, activations bf16) and with remat.
+
+    fp32 with remat_policy "full" is bit-identical to no remat (loss and updated params): remat only
+    recomputes the same ops. In bf16 the recomputed forward may round in other places (XLA fuses it
+    otherwise), so bf16 with remat is held to the bf16 bound below, as bf16 against fp32 is.
+
+    The bound: bf16 keeps 8 significant bits, unit roundoff u = 2^-8. Along the deepest path of
+    tiny-rn (stem 3 convs, 5 bottlenecks of 3 convs, BatchNorm and a residual add, the attention pool,
+    2 text blocks of ~8 ops) n ~ 50 roundings, which accumulate as a random walk to a relative feature
+    error of sqrt(n) u. A unit feature moved by that, in a random direction of its D = 64 dimensions,
+    moves its cosine with another feature by about sqrt(n) u / sqrt(D); each logit is scale * cos
+    (scale 1/0.07) of two such features, and a mean of log-softmax rows moves by at most twice its
+    largest logit change (it is 1-Lipschitz in the max norm, in both directions): |loss change| <=
+    4 * scale * sqrt(n) u / sqrt(D) ~ 0.2 (about 10% of the loss of 8 random pairs, log 8 ~ 2.1).
+    """
+    import optax
+
+    from clip_jax.train.step import init_train_state, make_train_step
+
+    params = random_params(CLIP(TINY_RN), seed=0, std=0.05)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.standard_normal((8, 64, 64, 3)).astype(np.float32),
+        "text": tokenize([f"a photo of item {i}" for i in range(8)]),
+    }
+    tx = optax.adamw(1e-3)
+    state = init_train_state(params, tx, jax.random.key(0))
+    runs = {}
+    for name, kw in {
+        "fp32": {},
+        "fp32_remat": {"remat_policy": "full"},
+        "bf16": {"dtype": jnp.bfloat16},
+        "bf16_remat": {"dtype": jnp.bfloat16, "remat_policy": "full"},
+    }.items():
+        new_state, metrics = jax.jit(make_train_step(CLIP(TINY_RN, **kw), tx))(state, batch)
+        assert int(metrics["nonfinite"]) == 0, name
+        runs[name] = (float(metrics["loss"]), new_state.params)
+    (loss, p), (loss_remat, p_remat) = runs["fp32"], runs["fp32_remat"]
+    assert loss_remat == loss
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p, p_remat)))
+    bound = 4 * (1 / 0.07) * np.sqrt(50) * 2.0**-8 / np.sqrt(TINY_RN.embed_dim)
+    for name in ("bf16", "bf16_remat"):
+        assert abs(runs[name][0] - loss) <= bound, (name, runs[name][0], loss, bound)
+        assert runs[name][0] != loss  # the step did run in bf16
+    assert abs(runs["bf16_remat"][0] - runs["bf16"][0]) <= bound
