@@ -26,10 +26,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SHIFTS = ("sketch", "new_background", "noise", "new_texture")
 TASKS = ("shape", "color")
-# The task the job's pass/fail check is on: colour is learned within the main job's budget; shape is not
-# yet (it stays near chance at 200 steps of 8x8 patches, and 4x4 patches did not change that at step 100),
-# so it is reported but not required.
-HEADLINE_TASK = "color"
+# The tasks the job's pass/fail check is on: colour (learned in ~100 steps) and shape, the part that
+# needs a real model (experiments/ablations/main_recipe has the search for a recipe that learns it in
+# the job's budget).
+REQUIRED_TASKS = ("shape", "color")
 README_MARKERS = ("<!-- main-job-results:start -->", "<!-- main-job-results:end -->")
 
 
@@ -91,15 +91,15 @@ def evaluate(model, params, data_dir: str, batch_size: int = 250) -> dict[str, d
 
 def learning_checks(init: dict, trained: dict) -> tuple[list[str], bool]:
     """One line per task: zero-shot test accuracy vs chance and vs the initialised model, and whether the
-    headline task passed (at least 3x chance and above its accuracy at initialisation)."""
+    required tasks passed (each at least 3x chance and above its accuracy at initialisation)."""
     lines, ok = [], True
     for task in TASKS:
         name = f"zero-shot {task}, test"
         acc, before, chance = trained[name]["value"], init[name]["value"], trained[name]["chance"]
         learned = acc >= 3 * chance and acc > before
         verdict = "learned" if learned else "not learned at this budget"
-        if task == HEADLINE_TASK:
-            ok = learned
+        if task in REQUIRED_TASKS:
+            ok = ok and learned
             verdict = (
                 "PASS" if learned else "FAIL"
             ) + f" (the job's check: >= 3x chance, above init): {verdict}"
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.update_readme:
         update_readme(table)
     if not ok:
-        raise SystemExit(f"the trained model did not learn the headline task ({HEADLINE_TASK}); see above")
+        raise SystemExit(f"the trained model did not learn every required task ({REQUIRED_TASKS}); see above")
 
 
 if __name__ == "__main__":
