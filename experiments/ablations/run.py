@@ -41,7 +41,7 @@ ABLATIONS = {
     },
     # FLIP's claim: dropping patches buys more images per second, and accuracy for the time.
     "flip": {
-        "config": "configs/sweeps/flip.py:steps=400",
+        "config": "configs/sweeps/flip.py:steps=300",
         "set": ("eval_every=50",),
         "columns": ("patch_dropout",),
         "metrics": ("train/images_per_sec", "eval/shape/acc1", "eval/color/acc1", "train/loss"),
