@@ -42,6 +42,13 @@ SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
         "--xla_cpu_experimental_ynn_fusion_type=",
         {},
     ),
+    "patch_dropout_0.5": (
+        "FLIP: half of the 16 image patches dropped in training",
+        {"patch_dropout": 0.5},
+        "",
+        {},
+    ),
+    "patch_dropout_0.75": ("FLIP: 3/4 of the image patches dropped", {"patch_dropout": 0.75}, "", {}),
     "omp_1": ("OMP_NUM_THREADS=1 and TF intra/inter-op threads 1", {}, "", {"OMP_NUM_THREADS": "1"}),
 }
 
