@@ -10,8 +10,10 @@ dropped or swapped them would pass). Features agree to 1e-4 relative in fp32, as
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +41,25 @@ from clip_jax.weights.open_clip import expected_shapes  # noqa: E402
 TINY_RN = get_model_config("tiny-rn")
 RN_NAMES = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")
 U = 2.0**-24  # float32 unit roundoff
+
+
+def tiny_rn_batch() -> dict:
+    """8 random images and 8 captions at tiny-rn's shapes, the batch of the train-step tests."""
+    rng = np.random.default_rng(0)
+    return {
+        "image": rng.standard_normal((8, 64, 64, 3)).astype(np.float32),
+        "text": tokenize([f"a photo of item {i}" for i in range(8)]),
+    }
+
+
+@functools.cache
+def tiny_rn_loss_grads(dtype: Any = jnp.float32, remat_policy: str = "none"):
+    """jit(make_loss_grads_and_stats) of tiny-rn; cached, so that the tests of one variant share one
+    compile (a compile of tiny-rn's loss and gradient costs ~10 s of CPU, whatever the widths: XLA:CPU
+    reuses the kernels of same-shaped layers, so it is the stages' distinct shapes that cost)."""
+    from clip_jax.train.step import make_loss_grads_and_stats
+
+    return jax.jit(make_loss_grads_and_stats(CLIP(TINY_RN, dtype=dtype, remat_policy=remat_policy)))
 
 
 def tiny_rn_open_clip(quick_gelu: bool, seed: int) -> torch.nn.Module:
@@ -293,19 +314,15 @@ def test_train_step_updates_statistics_not_by_the_optimizer():
     import optax
 
     from clip_jax.models.resnet import batch_stats_of
-    from clip_jax.train.step import init_train_state, make_loss_grads_and_stats, make_train_step
+    from clip_jax.train.step import init_train_state, make_train_step
 
     model = CLIP(TINY_RN)
     params = random_params(model, seed=0, std=0.05)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.standard_normal((8, 64, 64, 3)).astype(np.float32),
-        "text": tokenize([f"a photo of item {i}" for i in range(8)]),
-    }
+    batch = tiny_rn_batch()
     tx = optax.adamw(1e-3, weight_decay=0.5)
     state = init_train_state(params, tx, jax.random.key(0))
     step = jax.jit(make_train_step(model, tx))
-    lossf = jax.jit(make_loss_grads_and_stats(model))
+    lossf = tiny_rn_loss_grads()
     losses = []
     for _ in range(3):
         _, grads, stats = lossf(state.params, batch, jax.random.key(1))
@@ -370,12 +387,15 @@ def test_eight_devices_train_like_one():
     assert check["resumed_equal"] and check["resumed_from"] == 2
 
 
-def test_train_step_in_bf16_and_with_remat():
-    """tiny-rn's train step in bf16 (params and optimizer fp32, activations bf16) and with remat.
+def test_loss_and_grads_in_bf16_and_with_remat():
+    """tiny-rn's loss and gradient (what the train step feeds its optimizer) in bf16 (params fp32,
+    activations bf16) and with remat.
 
-    fp32 with remat_policy "full" is bit-identical to no remat (loss and updated params): remat only
-    recomputes the same ops. In bf16 the recomputed forward may round in other places (XLA fuses it
-    otherwise), so bf16 with remat is held to the bf16 bound below, as bf16 against fp32 is.
+    fp32 with remat_policy "full" is bit-identical to no remat (the loss, every gradient and the updated
+    BatchNorm statistics; so the optimizer's update is too): remat only recomputes the same ops. In bf16
+    the recomputed forward may round in other places (XLA fuses it otherwise), so bf16 with remat is held
+    to the bf16 bound below, as bf16 against fp32 is. Each variant is its own program, as in training
+    (in one program XLA would merge the two forwards and the check would be void).
 
     The bound: bf16 keeps 8 significant bits, unit roundoff u = 2^-8. Along the deepest path of
     tiny-rn (stem 3 convs, 5 bottlenecks of 3 convs, BatchNorm and a residual add, the attention pool,
@@ -386,18 +406,8 @@ def test_train_step_in_bf16_and_with_remat():
     largest logit change (it is 1-Lipschitz in the max norm, in both directions): |loss change| <=
     4 * scale * sqrt(n) u / sqrt(D) ~ 0.2 (about 10% of the loss of 8 random pairs, log 8 ~ 2.1).
     """
-    import optax
-
-    from clip_jax.train.step import init_train_state, make_train_step
-
     params = random_params(CLIP(TINY_RN), seed=0, std=0.05)
-    rng = np.random.default_rng(0)
-    batch = {
-        "image": rng.standard_normal((8, 64, 64, 3)).astype(np.float32),
-        "text": tokenize([f"a photo of item {i}" for i in range(8)]),
-    }
-    tx = optax.adamw(1e-3)
-    state = init_train_state(params, tx, jax.random.key(0))
+    batch = tiny_rn_batch()
     runs = {}
     for name, kw in {
         "fp32": {},
@@ -405,14 +415,15 @@ def test_train_step_in_bf16_and_with_remat():
         "bf16": {"dtype": jnp.bfloat16},
         "bf16_remat": {"dtype": jnp.bfloat16, "remat_policy": "full"},
     }.items():
-        new_state, metrics = jax.jit(make_train_step(CLIP(TINY_RN, **kw), tx))(state, batch)
-        assert int(metrics["nonfinite"]) == 0, name
-        runs[name] = (float(metrics["loss"]), new_state.params)
-    (loss, p), (loss_remat, p_remat) = runs["fp32"], runs["fp32_remat"]
+        loss, grads, stats = jax.device_get(tiny_rn_loss_grads(**kw)(params, batch, jax.random.key(1)))
+        assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), name
+        runs[name] = (float(loss), grads, stats)
+    same = lambda a, b: all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))  # noqa: E731
+    (loss, grads, stats), (loss_remat, grads_remat, stats_remat) = runs["fp32"], runs["fp32_remat"]
     assert loss_remat == loss
-    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), p, p_remat)))
+    assert same(grads, grads_remat) and same(stats, stats_remat) and len(jax.tree.leaves(stats)) == 2 * 22
     bound = 4 * (1 / 0.07) * np.sqrt(50) * 2.0**-8 / np.sqrt(TINY_RN.embed_dim)
     for name in ("bf16", "bf16_remat"):
         assert abs(runs[name][0] - loss) <= bound, (name, runs[name][0], loss, bound)
-        assert runs[name][0] != loss  # the step did run in bf16
+        assert runs[name][0] != loss  # it did run in bf16
     assert abs(runs["bf16_remat"][0] - runs["bf16"][0]) <= bound
