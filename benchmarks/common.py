@@ -111,11 +111,14 @@ def throughput_row(name: str, unit: str, items: float, timings: Timings, **extra
 def ratio_table(rows: Sequence[dict], targets: dict[str, float] | None = None) -> str:
     """Markdown table of throughput rows (any dict with name, ours_per_s, theirs_per_s, ratio).
 
-    `targets` maps a row's `target` key (or its name) to the ratio it should reach.
+    `targets` maps a row's `target` key (or its name) to the ratio it should reach. A row's `reference`
+    (default open_clip) names the other side; rows with different references share a "reference" column.
     """
     targets = targets or {}
+    references = {r.get("reference", "open_clip") for r in rows}
+    theirs = references.pop() if len(references) == 1 else "reference"
     lines = [
-        "| benchmark | unit | clip_jax | open_clip | ratio ours/theirs | target | median s ours / theirs "
+        f"| benchmark | unit | clip_jax | {theirs} | ratio ours/theirs | target | median s ours / theirs "
         "| ratio by CPU time |",
         "|---|---|---|---|---|---|---|---|",
     ]

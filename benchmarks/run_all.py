@@ -52,7 +52,7 @@ from benchmarks.common import add_xla_flags, emit_result, ratio_table, read_resu
 
 TARGETS = {"image": 1.2, "text": 1.2, "train": 1.2, "tokenizer": 5.0}
 # What the benchmarks and RESULTS.md's renderers import (the project's test extras).
-REQUIRED_MODULES = ("jax", "flax", "optax", "tensorflow", "sklearn", "torch", "open_clip")
+REQUIRED_MODULES = ("jax", "flax", "optax", "tensorflow", "sklearn", "torch", "open_clip", "transformers")
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,18 @@ BENCHMARKS = {
         ),
         Benchmark(
             "resnet",
-            "bench_resnet",
+            "bench_families",
             "RN50 image tower inference (fp32) beside open_clip's",
-            lambda m, q: m.run(batch=2 if q else 8, repeats=3 if q else 7),
+            lambda m, q: m.run_resnet(batch=2 if q else 8, repeats=3 if q else 7),
+            summary=True,
+        ),
+        Benchmark(
+            "siglip",
+            "bench_families",
+            "ViT-B-16-SigLIP image and text tower inference (fp32) beside transformers'",
+            lambda m, q: m.run_siglip(
+                image_batch=2 if q else 4, text_batch=4 if q else 16, repeats=3 if q else 5
+            ),
             summary=True,
         ),
         Benchmark(
@@ -243,7 +252,8 @@ def machine() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "versions": {
-            d: _version(d) for d in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "open_clip_torch")
+            d: _version(d)
+            for d in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "open_clip_torch", "transformers")
         },
     }
 
