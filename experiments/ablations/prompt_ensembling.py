@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,7 +53,7 @@ def evaluate_templates(run_dir: Path, data_dir: str) -> dict[str, dict[str, dict
     return results
 
 
-def write_prompts_results(run_dir: Path, out: Path, data_dir: str, elapsed: float) -> None:
+def write_prompts_results(run_dir: Path, out: Path, data_dir: str, elapsed: float, machine: str) -> None:
     """Evaluate and write out/results.md and out/results.json (regenerated, never edited by hand)."""
     import time
 
@@ -72,7 +71,7 @@ def write_prompts_results(run_dir: Path, out: Path, data_dir: str, elapsed: floa
         "",
         f"- model: the run {run_dir.relative_to(run_dir.parents[2])} (configs/synthetic_tiny.py, "
         f"{config['total_steps']} steps of batch {config['batch_size']}), its newest checkpoint",
-        f"- machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores; "
+        f"- machine: {machine}, {len(os.sched_getaffinity(0))} CPU cores; "
         f"{elapsed + time.time() - start:.0f} s including the run's training if it was not there",
         "",
     ]

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.get("eval_only"):
         from prompt_ensembling import write_prompts_results  # beside this file
 
-        write_prompts_results(TOWER_DIR, HERE / args.name, args.data_dir, time.time() - start)
+        write_prompts_results(TOWER_DIR, HERE / args.name, args.data_dir, time.time() - start, _cpu())
         return 0
     command = ["--config", spec["config"], "--workdir", str(workdir), "--parallel", str(args.parallel)]
     command += ["--set", f"data.data_dir={args.data_dir}"]
