@@ -104,19 +104,26 @@ def run(names: list[str], steps: int, arg: str) -> list[dict]:
     return results
 
 
-def to_markdown(results: list[dict], steps: int, arg: str, elapsed: float) -> str:
-    base = next((r for r in results if r["setting"] == "default" and "error" not in r), None)
-    cpu = _cpu_name()
+def run_all(steps: int = 150, arg: str = "", names: list[str] | None = None) -> dict:
+    """Every setting (default first), as one result record for benchmarks/run_all.py."""
+    names = [n for n in (names or list(SETTINGS)) if n != "default"]
+    return {"steps": steps, "arg": arg, "cpu": _cpu_name(), "rows": run(["default", *names], steps, arg)}
+
+
+def to_markdown(result: dict) -> str:
+    rows = result["rows"]
+    base = next((r for r in rows if r["setting"] == "default" and "error" not in r), None)
+    arg = result["arg"]
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, "
-        f"{len(os.sched_getaffinity(0))} cores; {steps} steps of configs/synthetic_tiny.py"
+        f"CPU: {result['cpu']}; {result['steps']} steps of configs/synthetic_tiny.py"
         + (f":{arg}" if arg else "")
-        + f" per setting, each in its own process; {elapsed:.0f} s in all.",
+        + " per setting, each in its own process (evaluation and checkpoints off); images/s is the"
+        " trainer's own figure, median over the log windows after the first (which compiles).",
         "",
         "| setting | what it changes | images/s | ratio to default | wall s |",
         "|---|---|---:|---:|---:|",
     ]
-    for r in results:
+    for r in rows:
         what = SETTINGS[r["setting"]][0]
         if "error" in r:
             lines.append(f"| {r['setting']} | {what} | failed | | |")
@@ -144,12 +151,7 @@ def main() -> None:
     if args.child:
         _child(args.child, args.steps, args.arg)
         return
-    names = args.only or list(SETTINGS)
-    if "default" not in names:
-        names = ["default", *names]
-    start = time.time()
-    results = run(names, args.steps, args.arg)
-    print(to_markdown(results, args.steps, args.arg, time.time() - start))
+    print(to_markdown(run_all(args.steps, args.arg, args.only)))
 
 
 if __name__ == "__main__":

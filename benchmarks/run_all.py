@@ -151,6 +151,12 @@ BENCHMARKS = {
             summary=True,
         ),
         Benchmark(
+            "tiny_train",
+            "bench_tiny_train",
+            "The main job's training loop on CPU: every setting tried, each against the default",
+            lambda m, q: m.run_all(steps=60 if q else 100, names=["bf16", "no_input"] if q else None),
+        ),
+        Benchmark(
             "cpu_variants",
             "cpu_sweep",
             "XLA:CPU investigation: flags, thread counts, model variants, batch sizes",
