@@ -105,36 +105,6 @@ def test_resumed_iterator_continues_exactly(synthetic_dir):
     assert resumed.get_state() == original.get_state()
 
 
-def test_next_epoch_is_opened_ahead_and_changes_no_batch(shards, monkeypatch):
-    # 24 records in batches of 4: 6 batches per epoch. Each epoch's pipeline is opened once, in the
-    # background while the previous epoch runs, so the boundary finds its first batch ready.
-    from clip_jax.data.iterator import TrainIterator
-
-    opened = []
-    real_open = TrainIterator._open
-    monkeypatch.setattr(
-        TrainIterator,
-        "_open",
-        lambda self, epoch, position: (
-            opened.append((epoch, position, threading.current_thread().name))
-            or real_open(self, epoch, position)
-        ),
-    )
-    iterator = _records(shards)
-    batches = _take(iterator, 13)  # into epoch 2
-    assert iterator._ahead.result().head is not None  # epoch 3's first batch, pulled ahead
-    assert [(e, p) for e, p, _ in opened] == [(0, 0), (1, 0), (2, 0), (3, 0)]
-    assert [name for _, _, name in opened[1:]] == ["clip_jax-epoch1", "clip_jax-epoch2", "clip_jax-epoch3"]
-
-    # The same batches as an iterator that opens every epoch when it reaches it.
-    monkeypatch.setattr(TrainIterator, "_open_ahead", lambda self: None)
-    for want, got in zip(batches, _take(_records(shards), 13), strict=True):
-        np.testing.assert_array_equal(want["text"], got["text"])
-        np.testing.assert_array_equal(want["image"], got["image"])
-    iterator.close()
-    assert iterator._ahead is None
-
-
 def test_state_from_another_configuration_is_refused(synthetic_dir):
     state = _synthetic(synthetic_dir, seed=0).get_state()
     with pytest.raises(ValueError, match="seed"):

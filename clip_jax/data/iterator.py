@@ -26,20 +26,12 @@ the records before the damage and then one marker record that parse rejects, so 
 (how many records its unreadable rest held is unknowable) through the same index gaps, and a warning
 names the file and the error (`image_text.read_tfrecord_file`). Batches never span epochs: each epoch's
 incomplete last batch is dropped.
-
-Epoch boundaries cost nothing visible: once an epoch has handed out its first batch, a background thread
-builds the next epoch's pipeline and pulls its first batch (tracing the pipeline's functions and filling
-its shuffle buffer took ~1.4 s per epoch of the main job, a stall every ~46 steps). This holds a second
-shuffle buffer in memory for the rest of the epoch. Only the order of the work changes, not the batches.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -62,34 +54,6 @@ def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     count = tf.size(caption)
     index = tf.random.stateless_uniform([], seed, minval=0, maxval=tf.maximum(count, 1), dtype=tf.int32)
     return tf.cond(count > 0, lambda: tf.gather(tf.reshape(caption, [-1]), index), lambda: tf.constant(""))
-
-
-_END = object()  # a stream's first pull hit the end of its epoch
-
-
-@dataclasses.dataclass
-class _EpochStream:
-    """One epoch's tf.data iterator from `start` on, with the counter of records it pulled and, when it
-    was opened ahead of time, the first batch already pulled (or `_END`)."""
-
-    epoch: int
-    start: int
-    iterator: Iterator
-    pulled: tf.Variable
-    head: Any = None
-
-    def warm(self) -> _EpochStream:
-        try:
-            self.head = next(self.iterator)
-        except StopIteration:
-            self.head = _END
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        head, self.head = self.head, None
-        if head is _END:
-            raise StopIteration
-        return next(self.iterator) if head is None else head
 
 
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
@@ -119,8 +83,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._skipped = 0
         self._epoch_skipped = 0
         self._epoch_batches = 0
-        self._stream: _EpochStream | None = None  # the current epoch's pipeline
-        self._ahead: concurrent.futures.Future | None = None  # the next epoch's, being opened
+        self._iterator: Iterator | None = None
+        self._pulled: tf.Variable | None = None  # records read by the current epoch's pipeline
+        self._epoch_start = 0  # position the current epoch's pipeline started from
         self._tail_examples = 0  # examples in the epoch's incomplete last batch (dropped)
 
     # -- position -------------------------------------------------------------------------------------------
@@ -231,40 +196,15 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     def __iter__(self) -> TrainIterator:
         return self
 
-    def _open(self, epoch: int, position: int) -> _EpochStream:
-        ds, pulled = self._epoch_dataset(epoch, position)
-        return _EpochStream(epoch, position, ds.as_numpy_iterator(), pulled)
-
-    def _open_ahead(self) -> None:
-        """Start opening the next epoch's stream (and pulling its first batch) in the background."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-
-        def run(epoch: int = self._epoch + 1) -> None:
-            try:
-                future.set_result(self._open(epoch, 0).warm())
-            except BaseException as e:  # noqa: BLE001 - re-raised by _take_stream, where the batch is due
-                future.set_exception(e)
-
-        # A daemon thread, not an executor's: interpreter exit must not wait for a pipeline mid-pull.
-        threading.Thread(target=run, name=f"clip_jax-epoch{self._epoch + 1}", daemon=True).start()
-        self._ahead = future
-
-    def _take_stream(self) -> _EpochStream:
-        """The current epoch's stream: the one opened ahead when it is for this point, else a new one."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            stream = ahead.result()  # re-raises an error of the pipeline, here where its batch is due
-            if (stream.epoch, stream.start) == (self._epoch, self._position):
-                return stream
-        return self._open(self._epoch, self._position)
-
     def __next__(self) -> dict[str, np.ndarray]:
         while True:
-            if self._stream is None:
-                self._stream = self._take_stream()
+            if self._iterator is None:
+                ds, self._pulled = self._epoch_dataset(self._epoch, self._position)
+                self._iterator = ds.as_numpy_iterator()
+                self._epoch_start = self._position
                 self._tail_examples = 0
             try:
-                batch = next(self._stream)
+                batch = next(self._iterator)
             except StopIteration:
                 self._end_epoch()
                 continue
@@ -277,8 +217,6 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             self._position = end
             self._batches += 1
             self._epoch_batches += 1
-            if self._ahead is None:
-                self._open_ahead()
             return {"image": batch["image"], "text": batch["text"]}
 
     def _count_skipped(self, count: int) -> None:
@@ -286,13 +224,13 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._epoch_skipped += count
 
     def _end_epoch(self) -> None:
-        if self._epoch_batches == 0 and self._stream.start == 0:
+        if self._epoch_batches == 0 and self._epoch_start == 0:
             raise ValueError(
                 f"epoch {self._epoch} of process {self._source.process_index} produced no full batch of "
                 f"{self.local_batch_size} examples: the data is too small for the batch size (or all corrupt)"
             )
         # Records after the last full batch: the dropped incomplete batch, and corrupt ones among them.
-        epoch_end = self._stream.start + int(self._stream.pulled.numpy())
+        epoch_end = self._epoch_start + int(self._pulled.numpy())
         self._count_skipped(epoch_end - self._position - self._tail_examples)
         if self._epoch_skipped:
             logging.warning(
@@ -306,12 +244,11 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._position = 0
         self._epoch_skipped = 0
         self._epoch_batches = 0
-        self._stream = None
+        self._iterator = None
 
     def close(self, log: bool = True) -> None:
-        """Release the tf.data iterators; warn with the number of skipped records, if any."""
-        self._stream = None
-        self._ahead = None  # a thread still opening it finishes on its own; its stream is dropped
+        """Release the tf.data iterator; warn with the number of skipped records, if any."""
+        self._iterator = None
         if log and self._skipped:
             logging.warning("data: skipped %d corrupt records in total", self._skipped)
 
