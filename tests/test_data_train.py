@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clip_jax.data import make_train_iterator, testing
+from clip_jax.data.iterator import TrainIterator
 from clip_jax.preprocess import OPENAI_MEAN, OPENAI_STD
 from clip_jax.tokenizer import EOT_TOKEN, SOT_TOKEN, tokenize
 
@@ -103,6 +104,30 @@ def test_resumed_iterator_continues_exactly(synthetic_dir):
         np.testing.assert_array_equal(want["image"], got["image"])
         np.testing.assert_array_equal(want["text"], got["text"])
     assert resumed.get_state() == original.get_state()
+
+
+def test_next_epoch_is_opened_ahead_and_gives_the_same_batches(synthetic_dir, monkeypatch):
+    # 8 batches per epoch: the next epoch's pipeline is opened (warm-started) well before each boundary.
+    ahead = _synthetic(synthetic_dir)
+    first = _take(ahead, 7)
+    assert ahead._ahead is not None and ahead._ahead[0] == 1
+    pulled = ahead._ahead[2]
+    for _ in range(600):  # its own tf.data threads read ahead, without a next() on it
+        if int(pulled.numpy()) > 0:
+            break
+        threading.Event().wait(0.05)
+    assert int(pulled.numpy()) > 0
+    got = first + _take(ahead, 17)
+    assert ahead.epoch == 2  # the last batch of epoch 2: two boundaries crossed
+
+    monkeypatch.setattr(TrainIterator, "_near_epoch_end", lambda self: False)
+    plain = _synthetic(synthetic_dir)
+    want = _take(plain, 24)
+    assert plain._ahead is None
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w["image"], g["image"])
+        np.testing.assert_array_equal(w["text"], g["text"])
+    assert ahead.get_state() == plain.get_state()
 
 
 def test_state_from_another_configuration_is_refused(synthetic_dir):

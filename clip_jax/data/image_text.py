@@ -153,6 +153,10 @@ class Source:
     def parse(self, record: Any) -> dict[str, tf.Tensor]:
         return record
 
+    def num_records(self) -> int | None:
+        """Records in one epoch of this host's stream, when known without reading it (else None)."""
+        return None
+
 
 class TfdsSource(Source):
     """A TFDS dataset; each host reads its even share of the split (tfds.split_for_jax_process)."""
@@ -179,6 +183,12 @@ class TfdsSource(Source):
         self.split = tfds.split_for_jax_process(
             config["split"], process_index=process_index, process_count=process_count
         )
+
+    def num_records(self) -> int | None:
+        try:
+            return self.builder.info.splits[self.split].num_examples or None
+        except (KeyError, ValueError):
+            return None
 
     def records(self, epoch: int) -> tf.data.Dataset:
         read_config = tfds.ReadConfig(
@@ -638,6 +648,9 @@ class FolderSource(Source):
             raise ValueError(
                 f"process {process_index} of {process_count} got none of the {len(pairs)} images"
             )
+
+    def num_records(self) -> int | None:
+        return len(self.pairs)
 
     def records(self, epoch: int) -> tf.data.Dataset:
         # The file list is small, so each epoch is a full permutation of it (no buffer needed).

@@ -26,6 +26,14 @@ the records before the damage and then one marker record that parse rejects, so 
 (how many records its unreadable rest held is unknowable) through the same index gaps, and a warning
 names the file and the error (`image_text.read_tfrecord_file`). Batches never span epochs: each epoch's
 incomplete last batch is dropped.
+
+Epoch boundaries. A fresh pipeline spends ~1 s before its first batch (filling the shuffle buffer,
+starting the parallel maps; measured on the main job's 2-core machine), a stall every epoch of a small
+dataset. So `LOOKAHEAD_BATCHES` before an epoch's expected end (its length is the source's record count,
+or the previous epoch's, else unknown and the next epoch is opened at once), the next epoch's iterator is
+created with tf.data's `experimental_warm_start`: its own threads fill it in the background, and the
+boundary costs only the handover. No Python thread is involved; only the order of the work changes, never
+the batches. Until the boundary, two pipelines (two shuffle buffers) are held in memory.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ from clip_jax.data.tf_ops import decode_image, no_autograph, tf_tokenize
 from clip_jax.preprocess import tf_train_transform
 
 STATE_VERSION = 1
+# Batches before an epoch's expected end at which the next epoch's pipeline is opened: enough for its
+# warm-up (~1 s) at any step time, few enough that a second shuffle buffer is held only briefly.
+LOOKAHEAD_BATCHES = 16
 
 
 def _pick_caption(caption: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -86,6 +97,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._iterator: Iterator | None = None
         self._pulled: tf.Variable | None = None  # records read by the current epoch's pipeline
         self._epoch_start = 0  # position the current epoch's pipeline started from
+        self._ahead: tuple[int, Iterator, tf.Variable] | None = None  # the next epoch's, warming up
+        self._epoch_records = source.num_records()  # records of an epoch, when known
         self._tail_examples = 0  # examples in the epoch's incomplete last batch (dropped)
 
     # -- position -------------------------------------------------------------------------------------------
@@ -136,8 +149,11 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     # -- pipeline -------------------------------------------------------------------------------------------
 
-    def _epoch_dataset(self, epoch: int, position: int) -> tuple[tf.data.Dataset, tf.Variable]:
-        """The epoch's batches from `position` on, and a counter of the records pulled from the stream."""
+    def _epoch_dataset(
+        self, epoch: int, position: int, warm_start: bool = False
+    ) -> tuple[tf.data.Dataset, tf.Variable]:
+        """The epoch's batches from `position` on, and a counter of the records pulled from the stream;
+        with warm_start, the pipeline starts filling as soon as an iterator over it is created."""
         config, source = self._config, self._source
         parallel = config["num_parallel_calls"]
         parallel = tf.data.AUTOTUNE if parallel is None or parallel < 0 else parallel
@@ -191,6 +207,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         ds = ds.prefetch(config["prefetch"])
         options = tf.data.Options()
         options.deterministic = True
+        options.experimental_warm_start = warm_start
         return ds.with_options(options), pulled
 
     def __iter__(self) -> TrainIterator:
@@ -199,8 +216,12 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     def __next__(self) -> dict[str, np.ndarray]:
         while True:
             if self._iterator is None:
-                ds, self._pulled = self._epoch_dataset(self._epoch, self._position)
-                self._iterator = ds.as_numpy_iterator()
+                if self._ahead is not None and (self._ahead[0], self._position) == (self._epoch, 0):
+                    _, self._iterator, self._pulled = self._ahead
+                else:
+                    ds, self._pulled = self._epoch_dataset(self._epoch, self._position)
+                    self._iterator = ds.as_numpy_iterator()
+                self._ahead = None
                 self._epoch_start = self._position
                 self._tail_examples = 0
             try:
@@ -217,7 +238,16 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             self._position = end
             self._batches += 1
             self._epoch_batches += 1
+            if self._ahead is None and self._near_epoch_end():
+                ds, pulled = self._epoch_dataset(self._epoch + 1, 0, warm_start=True)
+                self._ahead = (self._epoch + 1, ds.as_numpy_iterator(), pulled)
             return {"image": batch["image"], "text": batch["text"]}
+
+    def _near_epoch_end(self) -> bool:
+        """Whether the epoch is within LOOKAHEAD_BATCHES of its expected end (or its length is unknown)."""
+        if self._epoch_records is None:
+            return True
+        return self._position + LOOKAHEAD_BATCHES * self.local_batch_size >= self._epoch_records
 
     def _count_skipped(self, count: int) -> None:
         self._skipped += count
@@ -232,6 +262,8 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         # Records after the last full batch: the dropped incomplete batch, and corrupt ones among them.
         epoch_end = self._epoch_start + int(self._pulled.numpy())
         self._count_skipped(epoch_end - self._position - self._tail_examples)
+        if self._epoch_start == 0:  # a whole epoch: the next one is as long (unless records are resampled)
+            self._epoch_records = epoch_end
         if self._epoch_skipped:
             logging.warning(
                 "data: epoch %d skipped %d corrupt records (undecodable image, missing/empty caption, or "
@@ -247,8 +279,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         self._iterator = None
 
     def close(self, log: bool = True) -> None:
-        """Release the tf.data iterator; warn with the number of skipped records, if any."""
+        """Release the tf.data iterators; warn with the number of skipped records, if any."""
         self._iterator = None
+        self._ahead = None
         if log and self._skipped:
             logging.warning("data: skipped %d corrupt records in total", self._skipped)
 
