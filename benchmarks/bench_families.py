@@ -162,31 +162,9 @@ def random_siglip(name: str, seed: int = 0):
     import transformers
 
     from clip_jax import get_model_config
+    from clip_jax.weights.hf import siglip_config_to_hf
 
-    cfg = get_model_config(name)
-    t, v = cfg.text, cfg.vision
-    common = dict(layer_norm_eps=cfg.norm_eps, hidden_act="gelu_pytorch_tanh")
-    hf_config = transformers.SiglipConfig(
-        text_config=dict(
-            hidden_size=t.width,
-            intermediate_size=t.mlp_width,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-            vocab_size=t.vocab_size,
-            max_position_embeddings=t.context_length,
-            projection_size=cfg.embed_dim,
-            **common,
-        ),
-        vision_config=dict(
-            hidden_size=v.width,
-            intermediate_size=v.mlp_width,
-            num_hidden_layers=v.layers,
-            num_attention_heads=v.heads,
-            image_size=v.image_size,
-            patch_size=v.patch_size,
-            **common,
-        ),
-    )
+    hf_config = transformers.SiglipConfig(**siglip_config_to_hf(get_model_config(name)))
     torch.manual_seed(seed)
     ref = transformers.SiglipModel(hf_config).eval()
     gen = torch.Generator().manual_seed(seed + 1)

@@ -26,6 +26,7 @@ import pytest
 from clip_jax import get_model_config, load_pretrained
 from clip_jax.models import CLIP, label_probabilities
 from clip_jax.siglip_tokenizer import SiglipTokenizer, find_siglip_tokenizer
+from clip_jax.weights.hf import siglip_config_from_hf, siglip_config_to_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -90,27 +91,16 @@ def train_spiece(path) -> None:
 
 
 def hf_siglip_config(**vision):
-    t, v = TINY.text, TINY.vision
-    common = dict(layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
-    return transformers.SiglipConfig(
-        text_config=dict(
-            hidden_size=t.width,
-            intermediate_size=t.mlp_width,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-            vocab_size=t.vocab_size,
-            max_position_embeddings=t.context_length,
-            **common,
-        ),
-        vision_config=dict(
-            hidden_size=v.width,
-            intermediate_size=v.mlp_width,
-            num_hidden_layers=v.layers,
-            num_attention_heads=v.heads,
-            **({"image_size": v.image_size, "patch_size": v.patch_size} | vision),
-            **common,
-        ),
-    )
+    """transformers' SiglipConfig of TINY, its vision_config updated by `vision`."""
+    fields = siglip_config_to_hf(TINY)
+    fields["vision_config"].update(vision)
+    return transformers.SiglipConfig(**fields)
+
+
+def test_config_to_hf_and_back_is_the_same_config():
+    for name in ("tiny-siglip", "ViT-B-16-SigLIP"):
+        cfg = get_model_config(name)
+        assert siglip_config_from_hf(siglip_config_to_hf(cfg)) == cfg, name
 
 
 def randomize_every_parameter(model, seed: int):

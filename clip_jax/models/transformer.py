@@ -374,6 +374,19 @@ class MLP(nn.Module):
         return c_proj(h.reshape(-1, self.mlp_width)).reshape(x.shape)
 
 
+def block_mlp(owner: nn.Module, inits: dict[str, Callable], kw: dict[str, Any]) -> MLP:
+    """The "mlp" submodule of a block-like module (its mlp_width, activation, and the c_* initialisers
+    of `block_initializers`); called inside the owner's compact __call__, so the owner is its parent."""
+    return MLP(
+        owner.mlp_width,
+        quick_gelu=owner.quick_gelu,
+        gelu_approximate=owner.gelu_approximate,
+        inits={k: v for k, v in inits.items() if k.startswith("c_")},
+        name="mlp",
+        **kw,
+    )
+
+
 class ResidualAttentionBlock(nn.Module):
     heads: int
     mlp_width: int
@@ -413,16 +426,7 @@ class ResidualAttentionBlock(nn.Module):
             x = take_rows(x, out_rows)
         x = x + attn(h, out_rows)
         h = LayerNorm(name="ln_2", eps=self.norm_eps, **kw)(x)
-        mlp_inits = {k: v for k, v in inits.items() if k.startswith("c_")}
-        mlp = MLP(
-            self.mlp_width,
-            quick_gelu=self.quick_gelu,
-            gelu_approximate=self.gelu_approximate,
-            inits=mlp_inits,
-            name="mlp",
-            **kw,
-        )
-        x = x + mlp(h)
+        x = x + block_mlp(self, inits, kw)(h)
         # Returned as a (carry, output) pair so the same module works under nn.scan.
         return x, (x if self.emit_hidden else None)
 
@@ -454,16 +458,7 @@ class AttentionPool(nn.Module):
         queries = jnp.broadcast_to(probe.astype(self.dtype), (b, 1, width))
         attn = Attention(self.heads, qkv_init=inits["qkv"], out_init=inits["out"], name="attn", **kw)
         h = attn(queries, context=x)
-        mlp_inits = {k: v for k, v in inits.items() if k.startswith("c_")}
-        mlp = MLP(
-            self.mlp_width,
-            quick_gelu=self.quick_gelu,
-            gelu_approximate=self.gelu_approximate,
-            inits=mlp_inits,
-            name="mlp",
-            **kw,
-        )
-        h = h + mlp(LayerNorm(name="ln_mlp", eps=self.norm_eps, **kw)(h))
+        h = h + block_mlp(self, inits, kw)(LayerNorm(name="ln_mlp", eps=self.norm_eps, **kw)(h))
         return h[:, 0]
 
 

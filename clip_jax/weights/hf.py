@@ -184,6 +184,37 @@ _SIGLIP_ACTS = {
 _SIGLIP_FIXED = {"vision": {"vision_use_head": (True,), "num_channels": (3,)}, "text": {}}
 
 
+def siglip_config_to_hf(config: CLIPConfig) -> dict[str, Any]:
+    """The HF SiglipModel `config.json` fields of a clip_jax SigLIP config: the inverse of
+    `siglip_config_from_hf`, to build a transformers reference of the same shapes (tests, benchmarks)."""
+    acts = [
+        name for name, flags in _SIGLIP_ACTS.items() if flags == (config.quick_gelu, config.gelu_approximate)
+    ]
+    t, v = config.text, config.vision
+    common = {"layer_norm_eps": config.norm_eps, "hidden_act": acts[0]}
+    return {
+        "text_config": {
+            "hidden_size": t.width,
+            "intermediate_size": t.mlp_width,
+            "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads,
+            "vocab_size": t.vocab_size,
+            "max_position_embeddings": t.context_length,
+            "projection_size": config.embed_dim,
+            **common,
+        },
+        "vision_config": {
+            "hidden_size": v.width,
+            "intermediate_size": v.mlp_width,
+            "num_hidden_layers": v.layers,
+            "num_attention_heads": v.heads,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            **common,
+        },
+    }
+
+
 def siglip_config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
     """CLIPConfig of a HF SiglipModel `config.json` (SiglipConfig's defaults for what it leaves out).
 
