@@ -26,6 +26,7 @@ CORE = [
 
 TEST = [
     "pytest>=8",
+    "pytest-xdist>=3.8",
     "ruff>=0.15",
     "scikit-learn>=1.5",
     "scikit-image>=0.24",

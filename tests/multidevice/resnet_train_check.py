@@ -49,7 +49,7 @@ def config():
     c.model = "tiny-rn"
     c.batch_size = BATCH
     c.total_steps = STEPS
-    c.checkpoint_every = 1
+    c.checkpoint_every = 2  # step 2, which the resumed run starts from, and the final step 3
     c.keep_checkpoints = STEPS
     c.log_every = 1
     c.lr = 1e-4
@@ -97,6 +97,10 @@ def _encode_both(module, images, tokens, train=False):
 def main() -> None:
     cfg = get_model_config("tiny-rn")
     base = Path(tempfile.mkdtemp(prefix="resnet_train_check_"))
+    # A persistent compilation cache: the resumed run then reuses the one-device run's compiled programs.
+    jax.config.update("jax_compilation_cache_dir", str(base / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     try:
         one = train(config(), str(base / "one"), devices=jax.devices()[:1])
         eight = train(config(), str(base / "eight"), devices=jax.devices())
