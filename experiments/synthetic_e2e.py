@@ -8,6 +8,11 @@ Evaluations (each on the randomly initialised model and on the trained one, same
   (sketch, new_background, noise, new_texture; the ImageNet-Sketch/-R role), a linear probe (logistic
   regression on frozen image features of `train`, scored on `test`), and image-text retrieval on `test`.
 Writes CLIP_benchmark-style records to WORKDIR/results.json and the table to WORKDIR/results.md.
+
+A WORKDIR that already holds a run's checkpoints is resumed, as the trainer resumes any run, and the table
+says so (its training time then covers only the remaining steps); `--fresh` first renames such a
+WORKDIR to WORKDIR.previous-TIMESTAMP (nothing is deleted) and trains from scratch. `--update-readme`
+refuses a resumed run: the README's table is of a run from scratch.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import re
 import time
 from pathlib import Path
@@ -140,6 +146,30 @@ def records(rows: dict, model_name: str, pretrained: str) -> list[dict]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for the timing in the table."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def previous_step(workdir: Path) -> int | None:
+    """The last checkpointed step of a run in `workdir`, if there is one."""
+    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(steps) if steps else None
+
+
+def set_aside(workdir: Path) -> Path:
+    """Rename a previous run's workdir out of the way (never delete a user's checkpoints)."""
+    target = workdir.with_name(f"{workdir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    workdir.rename(target)
+    return target
+
+
 def update_readme(table: str) -> None:
     readme = REPO / "README.md"
     text = readme.read_text()
@@ -156,7 +186,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=str(REPO / "runs" / "tensorflow_datasets"))
     parser.add_argument("--steps", type=int, default=None, help="override config.total_steps")
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="rename a previous run's WORKDIR to WORKDIR.previous-TIMESTAMP and train from scratch",
+    )
     args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    resumed_from = previous_step(workdir)
+    if resumed_from is not None and args.fresh:
+        print(f"[0/4] set aside the previous run: {workdir} -> {set_aside(workdir)}", flush=True)
+        resumed_from = None
+    if resumed_from is not None and args.update_readme:
+        raise SystemExit(
+            f"--update-readme needs a run from scratch, but {workdir} holds a run at step {resumed_from}: "
+            "add --fresh (it renames that workdir, deleting nothing) or pass another --workdir"
+        )
 
     from clip_jax.data import prepare_synthetic
     from clip_jax.models import CLIP, init_params
@@ -174,7 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     # The very model that training starts from (the trainer's own key for the parameters).
     init = evaluate(model, init_params(model, init_rngs(config.seed)[0]), args.data_dir)
 
-    print(f"[3/4] training for {config.total_steps} steps (workdir {args.workdir})", flush=True)
+    if resumed_from is not None:
+        print(
+            f"[3/4] resuming the run in {workdir} from step {resumed_from} of {config.total_steps} "
+            "(--fresh trains from scratch)",
+            flush=True,
+        )
+    else:
+        print(f"[3/4] training for {config.total_steps} steps (workdir {workdir})", flush=True)
     t_train = time.perf_counter()
     state = train(config, args.workdir)
     t_train = time.perf_counter() - t_train
@@ -183,15 +235,15 @@ def main(argv: list[str] | None = None) -> None:
     print("[4/4] evaluating the trained model", flush=True)
     trained = evaluate(model, params, args.data_dir)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    origin = "from scratch" if resumed_from is None else f"resumed from step {resumed_from}"
     info = (
         f"Tiny CLIP ({n_params / 1e6:.2f}M params, configs/synthetic_tiny.py), {config.total_steps} steps "
-        f"of batch {config.batch_size} from scratch ({t_train:.0f} s of training; whole job "
-        f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)."
+        f"of batch {config.batch_size} {origin} ({t_train:.0f} s of training; whole job "
+        f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} cores of an {cpu_name()})."
     )
     checks, ok = learning_checks(init, trained)
     table = markdown_table(init, trained, info) + "\n" + "".join(f"- {line}\n" for line in checks)
     print("\n" + table)
-    workdir = Path(args.workdir)
     (workdir / "results.md").write_text(table)
     all_records = records(init, "synthetic_tiny", "init") + records(trained, "synthetic_tiny", "trained")
     (workdir / "results.json").write_text(json.dumps(all_records, indent=2) + "\n")

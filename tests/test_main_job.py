@@ -39,3 +39,22 @@ def test_learning_check_requires_shape_and_colour(init: tuple, trained: tuple, o
         )
         learned = after >= 3 * 0.125 and after > before
         assert ("PASS" if learned else "FAIL") in line and f"at init {100 * before:.1f}%" in line
+
+
+def test_a_previous_run_is_resumed_or_set_aside_never_deleted(tmp_path):
+    workdir = tmp_path / "synthetic_tiny"
+    assert e2e.previous_step(workdir) is None
+    (workdir / "checkpoints" / "400").mkdir(parents=True)
+    (workdir / "checkpoints" / "600").mkdir()
+    (workdir / "metrics.jsonl").write_text("{}\n")
+    assert e2e.previous_step(workdir) == 600
+    # The README's table must be of a run from scratch: a resumed one is refused before any work.
+    with pytest.raises(SystemExit, match="--fresh"):
+        e2e.main(["--workdir", str(workdir), "--update-readme"])
+    moved = e2e.set_aside(workdir)
+    assert (
+        not workdir.exists()
+        and moved.parent == tmp_path
+        and moved.name.startswith("synthetic_tiny.previous-")
+    )
+    assert (moved / "metrics.jsonl").read_text() == "{}\n" and e2e.previous_step(moved) == 600
