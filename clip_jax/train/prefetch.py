@@ -1,7 +1,8 @@
 """A background thread that keeps the next batches of a resumable input iterator ready on the devices.
 
-The trainer's input (`clip_jax.data.TrainIterator`) rebuilds its tf.data pipeline at every epoch
-boundary, and each batch must be copied onto the mesh; done in the step loop, both stall it. Here a
+The trainer's input (`clip_jax.data.TrainIterator`) builds a tf.data pipeline for every epoch (~0.25 s of
+Python on the main job's CPU, ahead of the boundary), and each batch must be copied onto the mesh; done in
+the step loop, both would stall it. Here a
 thread pulls batches `size` ahead, places them with `place` (e.g. `jax.make_array_from_process_local_data`,
 as big_vision's device prefetch does) and queues them with the iterator's state *after* each batch, so
 `get_state()` always describes the batches handed out, never the prefetched ones: a checkpoint taken
