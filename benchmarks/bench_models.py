@@ -100,9 +100,13 @@ def bench_inference(
         with torch.inference_mode():
             return torch_fn(xt)
 
-    max_diff = float(np.max(np.abs(np.asarray(ours(), np.float32) - theirs().numpy())))
-    if not max_diff <= variant.atol:
-        raise AssertionError(f"{pair.name} {tower} ({variant.name}): max |ours - open_clip| = {max_diff:.2e}")
+    reference = theirs().numpy()
+    max_diff = float(np.max(np.abs(np.asarray(ours(), np.float32) - reference)))
+    bound = variant.tolerance(pair.cfg, tower, float(np.max(np.abs(reference))))
+    if not max_diff <= bound:
+        raise AssertionError(
+            f"{pair.name} {tower} ({variant.name}): max |ours - open_clip| = {max_diff:.2e} > {bound:.2e}"
+        )
     timings = alternate(ours, theirs, repeats)
     return throughput_row(
         f"{pair.name} {tower} tower, batch {batch}"
@@ -266,7 +270,7 @@ def bench_train_step(pair: Pair, batch: int, repeats: int, variant: Variant = VA
     theirs = _torch_train_step(pair, to_torch(data))
     # The first step of each starts from the same weights on the same batch: same loss. It also warms up.
     ours_loss, theirs_loss = ours(), theirs()
-    if not abs(ours_loss - theirs_loss) <= variant.atol:
+    if not abs(ours_loss - theirs_loss) <= variant.tolerance(pair.cfg, "train", abs(theirs_loss)):
         raise AssertionError(
             f"{pair.name} train step ({variant.name}): loss {ours_loss} vs open_clip {theirs_loss}"
         )
