@@ -49,6 +49,12 @@ SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
         {},
     ),
     "patch_dropout_0.75": ("FLIP: 3/4 of the image patches dropped", {"patch_dropout": 0.75}, "", {}),
+    "frozen_token_embedding": (
+        "the 49408 x 128 token table (6.3M of the 7.6M params) frozen: no dense gradient or AdamW on it",
+        {"freeze": ("^text/token_embedding/",)},
+        "",
+        {},
+    ),
     "omp_1": ("OMP_NUM_THREADS=1 and TF intra/inter-op threads 1", {}, "", {"OMP_NUM_THREADS": "1"}),
 }
 
