@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO_ROOT, add_xla_flags, emit_result, read_result
+from clip_jax.machine import cpu_name
 
 # name -> (what it changes, config overrides, extra XLA flags, environment)
 SETTINGS: dict[str, tuple[str, dict, str, dict]] = {
@@ -113,7 +113,7 @@ def run(names: list[str], steps: int, arg: str) -> list[dict]:
 def run_all(steps: int = 150, arg: str = "", names: list[str] | None = None) -> dict:
     """Every setting (default first), as one result record for benchmarks/run_all.py."""
     names = [n for n in (names or list(SETTINGS)) if n != "default"]
-    return {"steps": steps, "arg": arg, "cpu": _cpu_name(), "rows": run(["default", *names], steps, arg)}
+    return {"steps": steps, "arg": arg, "cpu": cpu_name(), "rows": run(["default", *names], steps, arg)}
 
 
 def to_markdown(result: dict) -> str:
@@ -137,14 +137,6 @@ def to_markdown(result: dict) -> str:
         ratio = f"{r['images_per_sec'] / base['images_per_sec']:.2f}x" if base else ""
         lines.append(f"| {r['setting']} | {what} | {r['images_per_sec']:.0f} | {ratio} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -237,12 +237,9 @@ def _version(dist: str) -> str:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+    from clip_jax.machine import cpu_name
+
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
         mem_kb = next(
             int(ln.split()[1])
             for ln in Path("/proc/meminfo").read_text().splitlines()
@@ -252,7 +249,7 @@ def machine() -> dict:
     except (OSError, StopIteration):
         ram = "unknown"
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "ram": ram,
         "os": f"{platform.system()} {platform.release()}",

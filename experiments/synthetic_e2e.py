@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -146,21 +145,14 @@ def records(rows: dict, model_name: str, pretrained: str) -> list[dict]:
     return out
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), for the timing in the table."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def previous_step(workdir: Path) -> int | None:
-    """The last checkpointed step of a run in `workdir`, if there is one."""
-    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-    return max(steps) if steps else None
+    """The step the trainer would resume the run in `workdir` from (its newest complete checkpoint), if any."""
+    from clip_jax.checkpoint import latest_complete_step
+
+    try:
+        return int(latest_complete_step(workdir / "checkpoints")[0].name)
+    except FileNotFoundError:
+        return None
 
 
 def set_aside(workdir: Path) -> Path:
@@ -204,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     from clip_jax.data import prepare_synthetic
+    from clip_jax.machine import cpu_name
     from clip_jax.models import CLIP, init_params
     from clip_jax.train.config import resolve_model_config
     from clip_jax.train.loop import train

@@ -44,8 +44,11 @@ def test_learning_check_requires_shape_and_colour(init: tuple, trained: tuple, o
 def test_a_previous_run_is_resumed_or_set_aside_never_deleted(tmp_path):
     workdir = tmp_path / "synthetic_tiny"
     assert e2e.previous_step(workdir) is None
-    (workdir / "checkpoints" / "400").mkdir(parents=True)
-    (workdir / "checkpoints" / "600").mkdir()
+    for step in (400, 600, 800):
+        (workdir / "checkpoints" / str(step) / "state").mkdir(parents=True)
+    for step in (400, 600):  # what orbax writes when a step is finalised; 800's save never finished
+        (workdir / "checkpoints" / str(step) / "_CHECKPOINT_METADATA").write_text("{}")
+        (workdir / "checkpoints" / str(step) / "state" / "_METADATA").write_text("{}")
     (workdir / "metrics.jsonl").write_text("{}\n")
     assert e2e.previous_step(workdir) == 600
     # The README's table must be of a run from scratch: a resumed one is refused before any work.
