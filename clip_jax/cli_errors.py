@@ -53,9 +53,7 @@ def one_line(error: BaseException) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def run_cli(
-    main: Callable[[list[str]], Any], prog: str, argv: Sequence[str] | None = None
-) -> int:
+def run_cli(main: Callable[[list[str]], Any], prog: str, argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)` (argv without the program name and `--debug`) as the tool `prog`.
 
     Returns 0 on success, 2 after printing an expected error as one line; anything else propagates

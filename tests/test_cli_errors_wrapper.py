@@ -15,7 +15,10 @@ def _raise(error):
 @pytest.mark.parametrize(
     "error, expected",
     [
-        (UserError("config.batch_size=30 does not divide\n 4 devices"), "config.batch_size=30 does not divide 4 devices"),
+        (
+            UserError("config.batch_size=30 does not divide\n 4 devices"),
+            "config.batch_size=30 does not divide 4 devices",
+        ),
         (FileNotFoundError(2, "No such file or directory", "x.pt"), "x.pt: No such file or directory"),
         (ValueError("bad value"), "bad value"),
     ],
