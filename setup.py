@@ -9,6 +9,8 @@ CORE = [
     "orbax-checkpoint>=0.12.8,<0.13",
     "tensorflow-cpu>=2.21,<2.22",
     "tensorflow-datasets>=4.9.10,<4.10",
+    # tensorflow-datasets imports it to prepare any of its datasets but declares it only for Python < 3.9.
+    "importlib_resources>=6",
     "ml-collections>=1.1,<2",
     "safetensors>=0.5",
     "ftfy>=6.1",

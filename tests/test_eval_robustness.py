@@ -495,6 +495,8 @@ def test_robustness_cli_end_to_end_on_mock_imagenet_family(tmp_path, monkeypatch
         return datasets[dataset]
 
     monkeypatch.setattr(robustness, "eval_dataset", relabelled)
+    # TFDS's mock data has no prepared files, which the CLI's data check (before the weights) looks for.
+    monkeypatch.setattr("clip_jax.eval.datasets.check_cli_data", lambda args: None)
     with tfds.testing.mock_data(num_examples=n):
         robustness.main(
             [

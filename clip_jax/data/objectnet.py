@@ -1,9 +1,17 @@
 """ObjectNet from its local folder (it is not in TFDS): images/<class folder>/<image>, preprocessed as
-OpenAI's eval transform after cropping the 1-pixel red border that every ObjectNet image carries."""
+OpenAI's eval transform after cropping the 1-pixel red border that every ObjectNet image carries.
+
+The download, objectnet-1.0.zip (https://objectnet.dev, about 184 GB), is a password-protected zip
+holding objectnet-1.0/{images/<313 class folders>/*.png, mappings/, README...}; `unpack_objectnet` turns
+it into the folder read here (docs/evaluation_data.md).
+"""
 
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +26,10 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".JPG", ".PNG")
 # ObjectNet images carry a 1-pixel red border; the standard protocol crops 2 pixels off each side.
 OBJECTNET_BORDER = 2
+OBJECTNET_ARCHIVE = "objectnet-1.0.zip"
+OBJECTNET_URL = "https://objectnet.dev/download.html"
+# Published on the download page; it keeps the test set out of web crawls, not away from users.
+OBJECTNET_PASSWORD = "objectnetisatestset"
 
 
 def objectnet_files(root: str | Path, folders: Sequence[str]) -> list[tuple[Path, int]]:
@@ -32,6 +44,44 @@ def objectnet_files(root: str | Path, folders: Sequence[str]) -> list[tuple[Path
     if not out:
         raise FileNotFoundError(f"no ObjectNet class folders (e.g. {images / folders[0]}) found")
     return out
+
+
+def unpack_objectnet(archive: str | Path, dest: str | Path) -> Path:
+    """Unpack objectnet-1.0.zip into `dest` (which then holds images/<class>/...) and return `dest`.
+
+    The zip's top folder (objectnet-1.0/) is dropped so that `dest` is the root the evaluators take
+    (--objectnet-dir). `unzip` is used when installed: Python's zipfile decrypts the password-protected
+    members in pure Python, hours for the full 184 GB. Unpacks into a sibling folder first, so an
+    interrupted run never leaves a half-filled `dest` that looks complete.
+    """
+    archive, dest = Path(archive).expanduser(), Path(dest).expanduser()
+    if not archive.is_file():
+        raise FileNotFoundError(
+            f"ObjectNet archive {archive} not found: download {OBJECTNET_ARCHIVE} from {OBJECTNET_URL}"
+        )
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty: pass an empty or new --objectnet-dir to unpack into")
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    if shutil.which("unzip"):
+        cmd = ["unzip", "-q", "-P", OBJECTNET_PASSWORD, str(archive), "-d", str(partial)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode not in (0, 1):  # 1: warnings only (e.g. a member's odd timestamp)
+            raise ValueError(f"unzip {archive} failed: {' '.join(done.stderr.split())[:300]}")
+    else:
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(partial, pwd=OBJECTNET_PASSWORD.encode())
+        except (zipfile.BadZipFile, RuntimeError) as e:  # RuntimeError: a wrong password
+            raise ValueError(f"{archive} is not a readable ObjectNet zip: {e}") from e
+    tops = [p for p in partial.iterdir() if not p.name.startswith("__MACOSX")]
+    root = tops[0] if len(tops) == 1 and (tops[0] / "images").is_dir() else partial
+    if dest.exists():
+        dest.rmdir()
+    root.rename(dest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return dest
 
 
 def _load_objectnet_image(path: Path, image_size: int, transform: EvalTransform | None) -> np.ndarray:
