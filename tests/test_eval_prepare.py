@@ -217,17 +217,22 @@ def _objectnet_zip(path: Path, password: str | None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("encrypted", [False, True])
-def test_objectnet_unpacked_from_its_zip(tmp_path, capsys, encrypted):
+@pytest.mark.parametrize("kind", ["plain", "encrypted", "encrypted_without_unzip"])
+def test_objectnet_unpacked_from_its_zip(tmp_path, monkeypatch, capsys, kind):
     """objectnet-1.0.zip (password-protected, as downloaded) from the manual dir is unpacked into
-    --objectnet-dir, which then holds images/<class>/ and is read with the classes' label indices."""
+    --objectnet-dir, by unzip or else Python's zipfile, and then holds images/<class>/ and is read with
+    the classes' label indices."""
+    from clip_jax.data import objectnet
     from clip_jax.data.objectnet import OBJECTNET_PASSWORD
 
+    encrypted = kind != "plain"
     if encrypted and shutil.which("zip") is None:
         pytest.skip("no zip command to make a password-protected archive")
     manual = tmp_path / "downloads"
     manual.mkdir()
     _objectnet_zip(manual / "objectnet-1.0.zip", OBJECTNET_PASSWORD if encrypted else None)
+    if kind == "encrypted_without_unzip":
+        monkeypatch.setattr(objectnet.shutil, "which", lambda name: None)
     dest = tmp_path / "objectnet-1.0"
     argv = ["objectnet", "--objectnet-dir", str(dest), "--manual-dir", str(manual)]
     assert _run_prepare(argv) == 0, capsys.readouterr().err

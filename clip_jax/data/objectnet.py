@@ -1,7 +1,7 @@
 """ObjectNet from its local folder (it is not in TFDS): images/<class folder>/<image>, preprocessed as
 OpenAI's eval transform after cropping the 1-pixel red border that every ObjectNet image carries.
 
-The download, objectnet-1.0.zip (https://objectnet.dev, about 184 GB), is a password-protected zip
+The download, objectnet-1.0.zip (https://objectnet.dev), is a large password-protected zip
 holding objectnet-1.0/{images/<313 class folders>/*.png, mappings/, README...}; `unpack_objectnet` turns
 it into the folder read here (docs/evaluation_data.md).
 """
@@ -51,7 +51,7 @@ def unpack_objectnet(archive: str | Path, dest: str | Path) -> Path:
 
     The zip's top folder (objectnet-1.0/) is dropped so that `dest` is the root the evaluators take
     (--objectnet-dir). `unzip` is used when installed: Python's zipfile decrypts the password-protected
-    members in pure Python, hours for the full 184 GB. Unpacks into a sibling folder first, so an
+    members in pure Python, far slower than unzip on the full archive. Unpacks into a sibling folder first, so an
     interrupted run never leaves a half-filled `dest` that looks complete.
     """
     archive, dest = Path(archive).expanduser(), Path(dest).expanduser()

@@ -172,7 +172,7 @@ def prepare_objectnet(objectnet_dir: str | None, manual_dir: str | None, data_di
     if not archive.is_file():
         raise UserError(
             f"objectnet: {OBJECTNET_ARCHIVE} not in {manual}: download it from {OBJECTNET_URL} "
-            f"(184 GB) and put it there, or pass --manual-dir to the folder holding it ({PREPARE_DOC})"
+            f"and put it there, or pass --manual-dir to the folder holding it ({PREPARE_DOC})"
         )
     print(f"objectnet: unpacking {archive} into {dest} ...", flush=True)
     unpack_objectnet(archive, dest)
