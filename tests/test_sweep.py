@@ -23,9 +23,9 @@ import ml_collections
 import pytest
 
 from clip_jax.sweep import DROP, product, zipped
-from clip_jax.sweep.overrides import apply_overrides, cli_overrides
 from clip_jax.sweep.spec import load_sweep, run_name
 from clip_jax.train.config import default_config
+from clip_jax.train.overrides import apply_overrides, cli_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 400  # seconds for one launcher run on 2 loaded cores
@@ -220,9 +220,9 @@ def test_train_cli_set_and_drop(tmp_path, env):
         "    c.evals.shape = {'type': 'zeroshot', 'dataset': 'd'}\n    return c\n"
     )
     stub = (
-        "import sys; from absl import app; import clip_jax.train.loop as m\n"
+        "import sys; import clip_jax.train.loop as m; from clip_jax.train import cli\n"
         "m.train = lambda c, w: print('CONFIG', c.to_json())\n"
-        "m._define_flags(); app.run(m.main, argv=sys.argv)\n"
+        "sys.exit(cli.run())\n"
     )
     args = ["--config", str(cfg), "--workdir", str(tmp_path / "w"), "--config.lr=0.01"]
     args += ["--drop", "evals.*", "--set", "freeze=['^visual/']", "--set", "lr_mults=[('^text/', 0.5)]"]

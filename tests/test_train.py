@@ -71,7 +71,7 @@ def start_cli(
     env: dict,
     *extra_flags: str,
     hooks: dict | None = None,
-    config_file: str = "configs/default.py",
+    config_file: str = "configs/default.py:data=random",
     **config,
 ) -> subprocess.Popen:
     """`train_cli.py --config=CONFIG_FILE --workdir=W --config.K=V ...` with BASE overridden by `config`
@@ -221,7 +221,7 @@ class Runs:
         config = {
             k: v.format(reference=self.reference) if isinstance(v, str) else v for k, v in config.items()
         }
-        config_file = config.pop("_config_file", "configs/default.py")
+        config_file = config.pop("_config_file", "configs/default.py:data=random")
         self.procs[name] = start_cli(
             self.base / name, self.env, hooks=hooks, config_file=config_file, **config
         )

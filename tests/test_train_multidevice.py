@@ -74,7 +74,7 @@ class Run:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / log_name
-        cmd = [sys.executable, str(CLI), "--config=configs/default.py", f"--workdir={workdir}"]
+        cmd = [sys.executable, str(CLI), "--config=configs/default.py:data=random", f"--workdir={workdir}"]
         cmd += [f"--config.{k}={v}" for k, v in {**CONFIG, **(config or {})}.items()] + flags
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)

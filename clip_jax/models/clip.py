@@ -51,8 +51,12 @@ class CLIP(nn.Module):
             remat_policy=self.remat_policy,
             attention_impl=self.attention_impl,
         )
-        self.visual = image_tower(self.cfg, patch_dropout=self.patch_dropout, **kw)
-        self.text = TextTransformer(self.cfg.text, **kw)
+        # Each tower computes the GELU form its weights were trained with (they may differ: `open_clip_gelu`).
+        vision_act, text_act = self.cfg.vision_gelu_approximate, self.cfg.text_gelu_approximate
+        self.visual = image_tower(
+            self.cfg, patch_dropout=self.patch_dropout, **{**kw, "gelu_approximate": vision_act}
+        )
+        self.text = TextTransformer(self.cfg.text, **{**kw, "gelu_approximate": text_act})
         self.logit_scale = self.param("logit_scale", _scalar_init(self.cfg.init_logit_scale), (), jnp.float32)
         if self.cfg.init_logit_bias is not None:
             self.logit_bias = self.param(

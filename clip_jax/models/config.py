@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,8 @@ class VisionConfig:
     `pool_type` "map" pools by multihead attention of a learned probe (after ln_post on every token)
     instead of taking the class token ("tok"); `class_token` False drops the class token; `patch_bias`
     gives the patch embedding a bias; `no_ln_pre` drops ln_pre; `proj` False drops the projection, so the
-    pooled width is the embedding (embed_dim must equal width).
+    pooled width is the embedding (embed_dim must equal width). `gelu_approximate`, when set, overrides the
+    model's GELU form for this tower only (see `CLIPConfig.gelu_approximate`).
     """
 
     image_size: int = 224
@@ -38,6 +40,7 @@ class VisionConfig:
     patch_bias: bool = False
     no_ln_pre: bool = False
     proj: bool = True
+    gelu_approximate: bool | None = None
 
     def __post_init__(self) -> None:
         # JSON and open_clip give lists; a tuple keeps the config hashable (it keys cached shapes).
@@ -92,7 +95,7 @@ class VisionConfig:
 
 VISION_POOL_TYPES = ("tok", "map")
 # VisionConfig fields that only a ViT reads.
-_VIT_ONLY = ("pool_type", "class_token", "patch_bias", "no_ln_pre", "proj")
+_VIT_ONLY = ("pool_type", "class_token", "patch_bias", "no_ln_pre", "proj", "gelu_approximate")
 TEXT_POOL_TYPES = ("argmax", "last")
 
 
@@ -101,6 +104,7 @@ class TextConfig:
     """The text transformer. The defaults are OpenAI's: causal, pooled at the end-of-text token (the
     largest id, hence "argmax"), projected without bias. SigLIP's (open_clip's names): `no_causal_mask`,
     `pool_type` "last" (the last position: SigLIP pads every caption to the full context) and `proj_bias`.
+    `gelu_approximate`, when set, overrides the model's GELU form for this tower only.
     """
 
     context_length: int = 77
@@ -112,6 +116,7 @@ class TextConfig:
     no_causal_mask: bool = False
     pool_type: str = "argmax"
     proj_bias: bool = False
+    gelu_approximate: bool | None = None
 
     def __post_init__(self) -> None:
         if self.pool_type not in TEXT_POOL_TYPES:
@@ -135,7 +140,9 @@ class CLIPConfig:
     text: TextConfig = TextConfig()
     # OpenAI's weights were trained with QuickGELU, open_clip's own with exact (erf) GELU, SigLIP's with
     # the tanh approximation of GELU (HF's "gelu_pytorch_tanh"): `gelu_approximate`, exclusive with
-    # quick_gelu.
+    # quick_gelu. A tower's own `gelu_approximate` (None: this one) overrides it for that tower: open_clip
+    # builds some SigLIP models with timm's exact-GELU image trunk beside a tanh-GELU text tower
+    # (`open_clip_gelu`), which differ from big_vision's tanh GELU by ~3e-4 relative on random weights.
     quick_gelu: bool = False
     gelu_approximate: bool = False
     # LayerNorm epsilon of every LayerNorm in both towers: torch's 1e-5 (OpenAI, open_clip), SigLIP's 1e-6.
@@ -146,13 +153,26 @@ class CLIPConfig:
     init_logit_scale: float = math.log(1 / 0.07)  # _DEFAULT_LOGIT_SCALE
 
     def __post_init__(self) -> None:
-        if self.quick_gelu and self.gelu_approximate:
+        if self.quick_gelu and (
+            self.gelu_approximate or self.vision.gelu_approximate or self.text.gelu_approximate
+        ):
             raise ValueError("quick_gelu and gelu_approximate are exclusive: pick one activation")
         if not self.vision.resnet and not self.vision.proj and self.embed_dim != self.vision.width:
             raise ValueError(
                 f"an image tower without projection (vision.proj=False) gives its width "
                 f"{self.vision.width} as the embedding, but embed_dim is {self.embed_dim}"
             )
+
+    @property
+    def vision_gelu_approximate(self) -> bool:
+        """The image tower's GELU form: tanh (True) or exact erf (False)."""
+        own = None if self.vision.resnet else self.vision.gelu_approximate
+        return self.gelu_approximate if own is None else own
+
+    @property
+    def text_gelu_approximate(self) -> bool:
+        """The text tower's GELU form: tanh (True) or exact erf (False)."""
+        return self.gelu_approximate if self.text.gelu_approximate is None else self.text.gelu_approximate
 
     @property
     def family(self) -> str:
@@ -183,13 +203,19 @@ class CLIPConfig:
         return cls(vision=vision, text=text, **d)
 
     @classmethod
-    def from_open_clip(cls, cfg: Mapping[str, Any]) -> CLIPConfig:
+    def from_open_clip(cls, cfg: Mapping[str, Any], gelu: str = "trained") -> CLIPConfig:
         """Translate an open_clip `model_configs/*.json` dict (vision_cfg / text_cfg keys).
 
-        Options that change the model's function away from the plain CLIP towers (timm or Hugging Face
-        towers, CoCa's decoder, other pooling, layer scale, ...) raise a ValueError naming them, so a
-        checkpoint is never loaded into a model that computes something else.
+        Options that change the model's function away from the plain CLIP towers (Hugging Face towers,
+        timm towers other than SigLIP's, CoCa's decoder, other pooling, layer scale, ...) raise a
+        ValueError naming them, so a checkpoint is never loaded into a model that computes something else.
+        A SigLIP config (timm's `vit_*_siglip_*` trunk) computes the tanh GELU its weights were trained
+        with, or with `gelu="open_clip"` each tower's GELU as open_clip's model computes it.
         """
+        if gelu not in ("trained", "open_clip"):
+            raise ValueError(f'gelu={gelu!r}: choose "trained" or "open_clip"')
+        if (cfg.get("vision_cfg") or {}).get("timm_model_name") is not None:
+            return _siglip_from_open_clip(cfg, gelu)
         _check_open_clip_options(cfg, _OPEN_CLIP_TOP, "open_clip config")
         v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
         _check_open_clip_options(v, _OPEN_CLIP_VISION, "open_clip vision_cfg")
@@ -231,7 +257,9 @@ class CLIPConfig:
         unsupported = _non_default(self, ("gelu_approximate", "norm_eps"), "")
         if not v.resnet:
             unsupported += _non_default(v, _VIT_ONLY, "vision.")
-        unsupported += _non_default(t, ("no_causal_mask", "pool_type", "proj_bias"), "text.")
+        unsupported += _non_default(
+            t, ("no_causal_mask", "pool_type", "proj_bias", "gelu_approximate"), "text."
+        )
         if unsupported:
             raise ValueError(f"open_clip's CLIP towers cannot express {unsupported}")
         out: dict[str, Any] = {
@@ -329,6 +357,71 @@ _OPEN_CLIP_TEXT = {
 }
 
 
+# open_clip's SigLIP configs: what they set (or may) beside the sizes, and the values clip_jax builds.
+_OPEN_CLIP_SIGLIP_TOP = {**_OPEN_CLIP_TOP, "custom_text": (True,)}
+_OPEN_CLIP_SIGLIP_VISION = {
+    "image_size": _ANY,
+    "timm_model_name": _ANY,  # checked against the trunks clip_jax knows
+    "timm_model_pretrained": _ANY,  # whether timm downloads weights: not the model's function
+    "timm_pool": ("map",),
+    "timm_proj": ("none",),
+    "timm_drop": _ANY,  # training only
+    "timm_drop_path": _ANY,
+    "patch_dropout": _ANY,
+}
+_OPEN_CLIP_SIGLIP_TEXT = {
+    **_OPEN_CLIP_TEXT,
+    "hf_tokenizer_name": _ANY,  # the tokenizer: clip_jax.inputs finds it beside the weights
+    "tokenizer_kwargs": _ANY,
+    "no_causal_mask": (True,),
+    "pool_type": ("last",),
+    "proj_bias": (True,),
+    "norm_kwargs": ({"eps": 1e-6},),
+    "act_kwargs": (None, {}, {"approximate": "tanh"}),
+}
+_TIMM_SIGLIP = re.compile(r"vit_(base|large|so400m|giantopt)_patch(\d+)_siglip_(\d+)")
+
+
+def _siglip_from_open_clip(cfg: Mapping[str, Any], gelu: str) -> CLIPConfig:
+    """CLIPConfig of an open_clip SigLIP config: timm's SigLIP trunk and open_clip's SigLIP text tower."""
+    _check_open_clip_options(cfg, _OPEN_CLIP_SIGLIP_TOP, "open_clip config")
+    v, t = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+    _check_open_clip_options(v, _OPEN_CLIP_SIGLIP_VISION, "open_clip vision_cfg")
+    _check_open_clip_options(t, _OPEN_CLIP_SIGLIP_TEXT, "open_clip text_cfg")
+    trunk = v["timm_model_name"]
+    m = _TIMM_SIGLIP.fullmatch(trunk)
+    if m is None:
+        raise ValueError(
+            f"open_clip vision_cfg: timm_model_name {trunk!r} is not a timm SigLIP trunk clip_jax builds "
+            f"(vit_{{{','.join(SIGLIP_TOWERS)}}}_patch<P>_siglip_<S>)"
+        )
+    width, layers, heads, ratio = SIGLIP_TOWERS[m.group(1)]
+    image_size = _as_int(v.get("image_size", int(m.group(3))))
+    t_width = t.get("width", 512)
+    if cfg["embed_dim"] != width:
+        raise ValueError(f"open_clip config: embed_dim {cfg['embed_dim']} is not the trunk's width {width}")
+    named = CLIPConfig(
+        embed_dim=width,
+        vision=VisionConfig(
+            image_size, int(m.group(2)), width, layers, width // heads, ratio, **_SIGLIP_VISION
+        ),
+        text=TextConfig(
+            t.get("context_length", 77),
+            t.get("vocab_size", 49408),
+            t_width,
+            t.get("heads", 8),
+            t.get("layers", 12),
+            t.get("mlp_ratio", 4.0),
+            **_SIGLIP_TEXT,
+        ),
+        **{**_SIGLIP, "init_logit_bias": cfg.get("init_logit_bias", -10.0)},
+    )
+    if gelu == "trained":
+        return named
+    text_tanh = (t.get("act_kwargs") or {}).get("approximate") == "tanh"
+    return with_gelu(named, vision=trunk in TIMM_TANH_GELU_TRUNKS, text=text_tanh)
+
+
 def _check_open_clip_options(d: Mapping[str, Any], allowed: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(d) - set(allowed))
     if unknown:
@@ -420,27 +513,118 @@ _BASE_CONFIGS: dict[str, CLIPConfig] = {
     ),
 }
 
-# SigLIP (Zhai et al. 2023), as HF's google/siglip-base-patch16-224 has it: MAP-pooled ViT without class
-# token, ln_pre or projection; non-causal text tower pooled at the last of its 64 positions, with a biased
-# head; tanh GELU, LayerNorm eps 1e-6, and the sigmoid loss's logit scale log(10) and bias -10.
+# SigLIP (Zhai et al. 2023) and SigLIP 2 (Tschannen et al. 2025), as big_vision trained them and HF's
+# google/siglip-* / google/siglip2-* (fixed resolution) have them: MAP-pooled ViT without class token,
+# ln_pre or projection; non-causal text tower pooled at the last of its positions, with a biased head;
+# tanh GELU, LayerNorm eps 1e-6, and the sigmoid loss's logit scale log(10) and bias -10. SigLIP 2 differs
+# in its Gemma vocabulary (256000 pieces) only.
 _SIGLIP_VISION = dict(pool_type="map", class_token=False, patch_bias=True, no_ln_pre=True, proj=False)
 _SIGLIP_TEXT = dict(no_causal_mask=True, pool_type="last", proj_bias=True)
 _SIGLIP = dict(gelu_approximate=True, norm_eps=1e-6, init_logit_bias=-10.0, init_logit_scale=math.log(10))
-_SIGLIP_CONFIGS: dict[str, CLIPConfig] = {
-    "ViT-B-16-SigLIP": CLIPConfig(
-        768,
-        VisionConfig(224, 16, 768, 12, **_SIGLIP_VISION),
-        TextConfig(64, 32000, 768, 12, 12, **_SIGLIP_TEXT),
-        **_SIGLIP,
-    ),
-    # A small SigLIP for tests (a sentencepiece vocab of 1000 pieces).
-    "tiny-siglip": CLIPConfig(
-        64,
-        VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16, **_SIGLIP_VISION),
-        TextConfig(context_length=64, vocab_size=1000, width=64, heads=4, layers=2, **_SIGLIP_TEXT),
-        **_SIGLIP,
-    ),
+# Tower sizes: (width, layers, heads, mlp_ratio), under timm's names (open_clip builds the image tower
+# from timm: vit_{size}_patch{P}_siglip_{S}).
+SIGLIP_TOWERS = {
+    "base": (768, 12, 12, 4.0),
+    "large": (1024, 24, 16, 4.0),
+    "so400m": (1152, 27, 16, 3.7362),
+    "giantopt": (1536, 40, 16, 4.0),
 }
+# timm's SigLIP trunks built with act_layer="gelu_tanh"; the others compute the exact erf GELU.
+TIMM_TANH_GELU_TRUNKS = frozenset(
+    {
+        "vit_base_patch32_siglip_256",
+        "vit_large_patch16_siglip_512",
+        "vit_so400m_patch16_siglip_256",
+        "vit_so400m_patch16_siglip_384",
+        "vit_so400m_patch16_siglip_512",
+        "vit_giantopt_patch16_siglip_256",
+        "vit_giantopt_patch16_siglip_384",
+    }
+)
+_SIGLIP_VOCAB, _SIGLIP_I18N_VOCAB, _SIGLIP2_VOCAB = 32000, 250000, 256000
+
+
+def _siglip_config(
+    vision: str, patch: int, image_size: int, text: str, vocab: int, context: int = 64
+) -> CLIPConfig:
+    v_width, v_layers, v_heads, v_ratio = SIGLIP_TOWERS[vision]
+    t_width, t_layers, t_heads, t_ratio = SIGLIP_TOWERS[text]
+    return CLIPConfig(
+        v_width,
+        VisionConfig(image_size, patch, v_width, v_layers, v_width // v_heads, v_ratio, **_SIGLIP_VISION),
+        TextConfig(context, vocab, t_width, t_heads, t_layers, t_ratio, **_SIGLIP_TEXT),
+        **_SIGLIP,
+    )
+
+
+# open_clip's names (model_configs/*SigLIP*.json): (image tower, patch, image size, text tower, vocab,
+# context). Left out: ViT-SO400M-14-SigLIP-378 (the shapes, hence the weights, of -384: 378 and 384 px
+# both give a 27x27 grid of 14 px patches) and ViT-SO400M-16-SigLIP-i18n-256 (a text tower without head).
+_SIGLIP_NAMED = {
+    "ViT-B-16-SigLIP": ("base", 16, 224, "base", _SIGLIP_VOCAB),
+    "ViT-B-16-SigLIP-256": ("base", 16, 256, "base", _SIGLIP_VOCAB),
+    "ViT-B-16-SigLIP-384": ("base", 16, 384, "base", _SIGLIP_VOCAB),
+    "ViT-B-16-SigLIP-512": ("base", 16, 512, "base", _SIGLIP_VOCAB),
+    "ViT-B-16-SigLIP-i18n-256": ("base", 16, 256, "base", _SIGLIP_I18N_VOCAB),
+    "ViT-L-16-SigLIP-256": ("large", 16, 256, "large", _SIGLIP_VOCAB),
+    "ViT-L-16-SigLIP-384": ("large", 16, 384, "large", _SIGLIP_VOCAB),
+    "ViT-SO400M-14-SigLIP": ("so400m", 14, 224, "so400m", _SIGLIP_VOCAB, 16),
+    "ViT-SO400M-14-SigLIP-384": ("so400m", 14, 384, "so400m", _SIGLIP_VOCAB),
+    "ViT-B-16-SigLIP2": ("base", 16, 224, "base", _SIGLIP2_VOCAB),
+    "ViT-B-16-SigLIP2-256": ("base", 16, 256, "base", _SIGLIP2_VOCAB),
+    "ViT-B-16-SigLIP2-384": ("base", 16, 384, "base", _SIGLIP2_VOCAB),
+    "ViT-B-16-SigLIP2-512": ("base", 16, 512, "base", _SIGLIP2_VOCAB),
+    "ViT-B-32-SigLIP2-256": ("base", 32, 256, "base", _SIGLIP2_VOCAB),
+    "ViT-L-16-SigLIP2-256": ("large", 16, 256, "large", _SIGLIP2_VOCAB),
+    "ViT-L-16-SigLIP2-384": ("large", 16, 384, "large", _SIGLIP2_VOCAB),
+    "ViT-L-16-SigLIP2-512": ("large", 16, 512, "large", _SIGLIP2_VOCAB),
+    "ViT-SO400M-14-SigLIP2": ("so400m", 14, 224, "so400m", _SIGLIP2_VOCAB),
+    "ViT-SO400M-14-SigLIP2-378": ("so400m", 14, 378, "so400m", _SIGLIP2_VOCAB),
+    "ViT-SO400M-16-SigLIP2-256": ("so400m", 16, 256, "so400m", _SIGLIP2_VOCAB),
+    "ViT-SO400M-16-SigLIP2-384": ("so400m", 16, 384, "so400m", _SIGLIP2_VOCAB),
+    "ViT-SO400M-16-SigLIP2-512": ("so400m", 16, 512, "so400m", _SIGLIP2_VOCAB),
+    "ViT-gopt-16-SigLIP2-256": ("giantopt", 16, 256, "so400m", _SIGLIP2_VOCAB),
+    "ViT-gopt-16-SigLIP2-384": ("giantopt", 16, 384, "so400m", _SIGLIP2_VOCAB),
+}
+_SIGLIP_CONFIGS: dict[str, CLIPConfig] = {name: _siglip_config(*spec) for name, spec in _SIGLIP_NAMED.items()}
+# A small SigLIP for tests (a sentencepiece vocab of 1000 pieces).
+_SIGLIP_CONFIGS["tiny-siglip"] = CLIPConfig(
+    64,
+    VisionConfig(image_size=32, patch_size=8, width=64, layers=2, head_width=16, **_SIGLIP_VISION),
+    TextConfig(context_length=64, vocab_size=1000, width=64, heads=4, layers=2, **_SIGLIP_TEXT),
+    **_SIGLIP,
+)
+
+
+def timm_siglip_trunk(name: str) -> str:
+    """The timm model open_clip builds as the image tower of the named SigLIP config."""
+    vision, patch, image_size = _SIGLIP_NAMED[name][:3]
+    return f"vit_{vision}_patch{patch}_siglip_{image_size}"
+
+
+def open_clip_gelu(name: str) -> CLIPConfig:
+    """The named SigLIP config with each tower's GELU as open_clip's model computes it, for exact parity
+    with `open_clip.create_model(name)`: timm's image trunk uses exact erf GELU except the trunks in
+    TIMM_TANH_GELU_TRUNKS, open_clip's text tower tanh GELU for SigLIP 2 (act_kwargs) and exact GELU for
+    SigLIP. The named config itself computes the tanh GELU big_vision trained every SigLIP with."""
+    if name not in _SIGLIP_NAMED:
+        raise ValueError(f"{name!r} is not one of open_clip's SigLIP models: {sorted(_SIGLIP_NAMED)}")
+    return with_gelu(
+        get_model_config(name),
+        vision=timm_siglip_trunk(name) in TIMM_TANH_GELU_TRUNKS,
+        text=_SIGLIP_NAMED[name][4] == _SIGLIP2_VOCAB,
+    )
+
+
+def with_gelu(cfg: CLIPConfig, vision: bool, text: bool) -> CLIPConfig:
+    """`cfg` with the tanh (True) or exact (False) GELU in each tower, in canonical form: the text tower's
+    on the model, the image tower's as its override only where it differs."""
+    return cfg.replace(
+        gelu_approximate=text,
+        vision=dataclasses.replace(cfg.vision, gelu_approximate=None if vision == text else vision),
+        text=dataclasses.replace(cfg.text, gelu_approximate=None),
+    )
+
 
 MODEL_CONFIGS: dict[str, CLIPConfig] = {}
 for _name, _cfg in _BASE_CONFIGS.items():

@@ -140,7 +140,7 @@ def write_summary(sweep_dir: str, rows: Sequence[Row], title: str, plots: Sequen
 
 
 def _cell(value: Any) -> Any:
-    from clip_jax.sweep.overrides import DROP
+    from clip_jax.train.overrides import DROP
 
     return "dropped" if value is DROP else value
 

@@ -2,10 +2,7 @@
 
 import sys
 
-from absl import app
-
-from clip_jax.train.loop import _define_flags, main
+from clip_jax.train.cli import run
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main, argv=sys.argv)
+    sys.exit(run())

@@ -7,7 +7,12 @@ error that names it, so a typo never silently trains with a default.
 from __future__ import annotations
 
 import ast
+import inspect
+import io
+import os
 import re
+import textwrap
+import tokenize
 from typing import Any
 
 import ml_collections
@@ -17,6 +22,10 @@ from clip_jax.train.optim import NO_DECAY
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
+REPORT_TO = ("tensorboard", "wandb")
+# The source of noise batches for benchmarks and tests (clip_jax/train/random_batches.py); the real
+# sources are clip_jax.data.SOURCES.
+RANDOM_SOURCE = "random"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -33,27 +42,29 @@ def default_config() -> ml_collections.ConfigDict:
     c.attention_impl = ""
     c.patch_dropout = 0.0  # FLIP: fraction of image patches dropped during training
 
-    c.batch_size = 256  # global, over all devices and processes
+    c.batch_size = 256  # images per step, global: over all devices and processes
     c.accum_steps = 1  # micro-batches per step; exact for contrastive losses
-    c.total_steps = 1000
-    c.seed = 0
+    c.total_steps = 1000  # length of the run in optimizer steps
+    c.seed = 0  # seeds the initial parameters, patch dropout and the data order
     c.loss = "softmax"  # softmax (CLIP) | sigmoid (SigLIP; needs a model with init_logit_bias)
     c.sharded_loss = True  # shard_map loss that never builds the global B x B logits
 
-    c.lr = 5e-4
-    c.warmup_steps = 100
-    c.end_lr_ratio = 0.0
-    c.weight_decay = 0.2
-    c.b1 = 0.9
-    c.b2 = 0.98
-    c.eps = 1e-6
+    c.lr = 5e-4  # peak learning rate, reached after warmup_steps
+    c.warmup_steps = 100  # linear warmup steps (at most total_steps); then cosine decay
+    c.end_lr_ratio = 0.0  # the cosine ends at lr * end_lr_ratio
+    c.weight_decay = 0.2  # AdamW's decoupled weight decay, on the parameters no_decay does not match
+    c.b1 = 0.9  # AdamW beta1
+    c.b2 = 0.98  # AdamW beta2 (open_clip's)
+    c.eps = 1e-6  # AdamW epsilon (open_clip's)
     c.grad_clip_norm = 0.0  # 0 disables clipping
     # Regexes of parameter paths without weight decay; the default is open_clip's rule (clip_jax/train/optim.py).
     c.no_decay = NO_DECAY
     c.freeze = ()  # regexes of parameter paths to freeze; LiT: ("^visual/",)
     c.lr_mults = ()  # ((regex, multiplier), ...); the last matching rule wins
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # -1: remaining devices
+    # Devices per mesh axis (-1: the remaining devices): the batch is split over data x fsdp, parameters and
+    # optimizer state over fsdp (ZeRO-3) and tensor (Megatron: heads and MLP).
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
     # Weights to start from: a clip_jax training run (its newest complete checkpoint), a converted orbax
     # dir, an open_clip/HF/OpenAI file.
@@ -63,19 +74,82 @@ def default_config() -> ml_collections.ConfigDict:
     c.init_from_only = ()
     c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
 
-    c.checkpoint_every = 500
-    c.keep_checkpoints = 3
-    c.log_every = 10
+    c.checkpoint_every = 500  # steps between checkpoints (and one at the end)
+    c.keep_checkpoints = 3  # newest checkpoints kept on disk
+    c.log_every = 10  # steps between metrics lines (metrics.jsonl, TensorBoard / wandb)
     c.prefetch = 2  # batches of a tf.data input read and placed on the devices ahead, in a thread (0: off)
     c.eval_every = 0  # 0: only at the end (if evaluations are configured)
+    # Where metrics go besides WORKDIR/metrics.jsonl, as open_clip's --report-to: "tensorboard"
+    # (WORKDIR/tensorboard), "wandb" (Weights & Biases: pip install wandb; WANDB_MODE=offline works).
+    c.report_to = ("tensorboard",)
+    c.wandb_project = "clip_jax"  # the wandb project of report_to="wandb"; the run is named after WORKDIR
 
-    # "random": RandomBatches (distinct_batches: 0 for an endless stream, n to cycle through n batches).
+    # The training data. "random" is the benchmark source: noise batches made on the device (nothing is
+    # learned; distinct_batches: 0 for an endless stream, n to cycle through n batches). Real data:
+    # source synthetic | tfds | tfrecord | webdataset | folder with the fields of
+    # clip_jax/data/image_text.py DATA_CONFIG_DEFAULTS (configs/default.py starts from those).
     c.data = ml_collections.ConfigDict({"source": "random", "distinct_batches": 0})
     # Evaluations run every eval_every steps and at the end, by name: {"type": zeroshot | robustness |
     # linear_probe | retrieval, and that type's fields} (clip_jax/eval/common.py), e.g.
     # c.evals.shape = {"type": "zeroshot", "dataset": "clip_synthetic", "task": "shape"}.
     c.evals = ml_collections.ConfigDict()
     return c
+
+
+def field_docs() -> dict[str, str]:
+    """Each field of default_config() (sections' fields as "mesh.data") -> its meaning, read from the
+    comments beside and above its line in default_config's source: the schema documents itself, so
+    `--help_config` cannot drift from it. A field's own trailing comment wins over the block above."""
+    source = textwrap.dedent(inspect.getsource(default_config))
+    comments: dict[int, tuple[str, bool]] = {}  # line -> (text, on a line of its own)
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            own_line = not tok.line[: tok.start[1]].strip()
+            comments[tok.start[0]] = (tok.string.lstrip("#").strip(), own_line)
+    docs, block = {}, []
+    for number, line in enumerate(source.splitlines(), start=1):
+        text, own_line = comments.get(number, ("", False))
+        if own_line:
+            block.append(text)
+            continue
+        field = re.match(r"\s*c\.(\w+)\s*=", line)
+        if field:
+            docs[field.group(1)] = text or " ".join(block)
+        if not line.strip() or field:
+            block = []
+    config = default_config()
+    out = {}
+    # In the schema's order; a field without a comment gets "" (a test refuses that).
+    for name in [*[n for n in docs if n in config], *[n for n in config if n not in docs]]:
+        value = config[name]
+        if isinstance(value, ml_collections.ConfigDict) and value:
+            out.update({f"{name}.{k}": docs.get(name, "") for k in value.keys()})
+        else:
+            out[name] = docs.get(name, "")
+    return out
+
+
+def describe_fields() -> str:
+    """Every config field with its default and meaning, one line each (`--help_config`)."""
+    defaults = _flat(default_config())
+    lines = ["config fields (set with --config.FIELD=VALUE or --set FIELD=VALUE), default, meaning:"]
+    for name, doc in field_docs().items():
+        lines.append(f"  {name} = {defaults[name]!r}: {doc}")
+    lines.append(
+        "  data.* of the real sources (synthetic, tfds, tfrecord, webdataset, folder): every field and its "
+        "default is in clip_jax/data/image_text.py DATA_CONFIG_DEFAULTS"
+    )
+    return "\n".join(lines)
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+    return out
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -154,10 +228,17 @@ def validate_config(config: ml_collections.ConfigDict) -> CLIPConfig:
     if not 0.0 <= config.patch_dropout < 1.0:
         raise ValueError(f"config.patch_dropout must be in [0, 1), got {config.patch_dropout}")
     _check_optimizer(config)
+    _check_data(config.data)
+    unknown = [r for r in config.report_to if r not in REPORT_TO]
+    if isinstance(config.report_to, str) or unknown:
+        raise ValueError(f"config.report_to={config.report_to!r}: a tuple of {REPORT_TO} (or () for neither)")
     from clip_jax.eval.common import check_evals_config
 
     check_evals_config(config.evals)
-    model_cfg = resolve_model_config(config.model)
+    try:
+        model_cfg = resolve_model_config(config.model)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"config.model: {e}") from e
     if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
         raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
     if model_cfg.family != "clip":
@@ -180,7 +261,8 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         (
             "warmup_steps",
             0 <= config.warmup_steps <= config.total_steps,
-            "must be in [0, config.total_steps]",
+            f"must be in [0, config.total_steps] (total_steps={config.total_steps}): for a short run set "
+            f"--config.warmup_steps={config.total_steps // 10} (a tenth of it), or a config file's steps= argument",
         ),
         ("end_lr_ratio", 0 <= config.end_lr_ratio <= 1, "must be in [0, 1]"),
         ("grad_clip_norm", config.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
@@ -190,6 +272,11 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     for field, ok, rule in checks:
         if not ok:
             raise ValueError(f"config.{field}={config[field]!r} {rule}")
+    if config.init_from and "://" not in config.init_from and not os.path.exists(config.init_from):
+        raise ValueError(
+            f"config.init_from={config.init_from!r} does not exist: give a training workdir, a converted "
+            "params directory or a weights file"
+        )
     if config.init_from_only and not config.init_from:
         raise ValueError("config.init_from_only is set but config.init_from is empty")
     for field in ("no_decay", "freeze", "init_from_only"):
@@ -198,6 +285,26 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
                 re.compile(regex)
             except (re.error, TypeError) as e:
                 raise ValueError(f"config.{field} has an invalid regex {regex!r}: {e}") from e
+
+
+def _check_data(data: ml_collections.ConfigDict) -> None:
+    """config.data names a source, and a real source's fields are those of clip_jax.data (checked
+    here so that a run without data fails before its workdir is made)."""
+    source = data.get("source", "")
+    if source == RANDOM_SOURCE:
+        return
+    from clip_jax.data.image_text import SOURCES, data_config
+
+    if source not in SOURCES:
+        raise ValueError(
+            f"config.data.source={source!r}: set it to the training data's source, one of {SOURCES} "
+            f"(e.g. --config.data.source=webdataset --config.data.path='DIR/{{00000..00099}}.tar'), "
+            f"or {RANDOM_SOURCE!r} for noise batches that measure speed and learn nothing"
+        )
+    try:
+        data_config(data)
+    except ValueError as e:
+        raise ValueError(f"config.data: {e}") from e
 
 
 # Sections whose sub-fields belong to other modules (data sources, evaluators) and are checked there.

@@ -1,4 +1,4 @@
-"""The training run: `python -m clip_jax.train --config configs/synthetic_tiny.py --workdir runs/tiny`.
+"""The training run (`python -m clip_jax.train`, clip_jax/train/cli.py): `train(config, workdir)`.
 
 Reads top to bottom in the order things happen: processes, config, mesh, model, data, state (restored or
 initialised straight into its shardings), the jitted step, and the loop with logging, evaluation,
@@ -489,40 +489,3 @@ def _preemption_sync_manager():
 
     return distributed.global_state.preemption_sync_manager
 
-
-def main(argv: list[str]) -> None:
-    from absl import flags
-
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    initialize_distributed(
-        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed_auto
-    )
-    from clip_jax.sweep.overrides import apply_overrides, cli_overrides
-
-    config = apply_overrides(FLAGS.config, cli_overrides(FLAGS.config, FLAGS.set, FLAGS.drop))
-    train(config, FLAGS.workdir)
-
-
-def _define_flags() -> None:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).", lock_config=True)
-    flags.DEFINE_multi_string(
-        "set",
-        [],
-        "FIELD=VALUE for any config field, after --config.*: Python literals (lists, dicts, None) "
-        "or text; a dict replaces a section or adds an entry (evals.NAME={...}).",
-    )
-    flags.DEFINE_multi_string(
-        "drop", [], "Remove a config entry before --set: evals.NAME, or evals.* for all."
-    )
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the resolved config.")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
-    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
-    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-    flags.DEFINE_bool("distributed_auto", False, "Let JAX detect a TPU pod / SLURM / Open MPI cluster.")
-    flags.mark_flags_as_required(["config", "workdir"])

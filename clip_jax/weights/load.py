@@ -25,7 +25,7 @@ import numpy as np
 from clip_jax.models.clip import CLIP, init_params
 from clip_jax.models.config import CLIPConfig, get_model_config
 from clip_jax.models.transformer import stack_layers, unstack_layers
-from clip_jax.weights import hf, open_clip, params_io, readers
+from clip_jax.weights import big_vision, hf, open_clip, params_io, readers
 from clip_jax.weights.infer import infer_config
 
 
@@ -43,6 +43,9 @@ class OpenClipStateDict:
 
 def read_open_clip_state_dict(path: str | os.PathLike) -> OpenClipStateDict:
     """Read any supported weights file (or model directory) into open_clip's key names."""
+    if big_vision.is_big_vision_file(path):
+        sd, origin = big_vision.read_big_vision(path)
+        return OpenClipStateDict(sd, Path(path), "big_vision", origin)
     ckpt = readers.read_checkpoint(path)
     sd = ckpt.state_dict
     if hf.is_hf_state_dict(sd):
@@ -54,10 +57,13 @@ def read_open_clip_state_dict(path: str | os.PathLike) -> OpenClipStateDict:
     # open_clip's CustomTextCLIP keeps the text tower under `text.`; CLIP has it at the top level.
     if "text_projection" not in sd and any(k.startswith("text.") for k in sd):
         sd = {k[len("text.") :] if k.startswith("text.") else k: v for k, v in sd.items()}
+    origin: dict[str, str] = {}
+    if open_clip.is_timm_siglip_state_dict(sd):  # SigLIP with timm's image trunk
+        sd, origin = open_clip.timm_siglip_to_open_clip(sd)
     with _naming(ckpt.path.parent / "open_clip_config.json"):
         cfg = CLIPConfig.from_open_clip(ckpt.open_clip_config) if ckpt.open_clip_config else None
     return OpenClipStateDict(
-        sd, ckpt.path, "openai-torchscript" if ckpt.torchscript else "open_clip", {}, cfg
+        sd, ckpt.path, "openai-torchscript" if ckpt.torchscript else "open_clip", origin, cfg
     )
 
 
@@ -86,6 +92,8 @@ def resolve_config(
     elif ckpt.file_config is not None:
         cfg = ckpt.file_config
     else:
+        if quick_gelu is None and _has_siglip_text_head(ckpt.state_dict):
+            quick_gelu = False  # SigLIP's weights were trained with (tanh) GELU, the named configs' own
         if quick_gelu is None:
             if ckpt.source != "openai-torchscript":
                 raise ValueError(
@@ -99,6 +107,12 @@ def resolve_config(
     if quick_gelu is not None:
         cfg = cfg.replace(quick_gelu=quick_gelu)
     return cfg
+
+
+def _has_siglip_text_head(state_dict: dict) -> bool:
+    """True for a SigLIP checkpoint (a MAP-pooled image tower beside a biased text head): its activation
+    is GELU, never OpenAI's QuickGELU, so only the shapes remain to be matched."""
+    return "visual.attn_pool.probe" in state_dict and "text_projection.bias" in state_dict
 
 
 def convert_state_dict(
@@ -121,6 +135,11 @@ def load_params_checked(
         what = f"model {name!r}"
     else:
         what = "the given config" if name is not None else "the config read or inferred from the checkpoint"
+    from clip_jax.weights import training_run
+
+    if training_run.is_training_run(path):  # a trainer's workdir: its model is in its config.json
+        cfg, params, _ = training_run.load_training_run(path, name, quick_gelu)
+        return cfg, _cast(params, param_dtype)
     if params_io.is_params_dir(path):
         stored_cfg, params = params_io.load_params(path)
         stored = stored_cfg if quick_gelu is None else stored_cfg.replace(quick_gelu=quick_gelu)
@@ -173,6 +192,7 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
     how another file is read: not into a folder that holds other weights files, and an existing config
     is never overwritten with a different one (a warning says so; the weights are written either way).
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     params = jax.tree.map(np.asarray, unstack_layers(params))
@@ -185,7 +205,10 @@ def export_open_clip(params: dict, cfg: CLIPConfig, path: str | os.PathLike) -> 
     model_cfg = cfg.to_open_clip()  # before writing: a config open_clip cannot build (SigLIP) raises
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
+    try:
+        save_file(open_clip.params_to_state_dict(params), str(path), metadata={"format": "pt"})
+    except SafetensorError as e:  # its message names the temporary file it writes first, not `path`
+        raise OSError(f"cannot write {path}: {e}") from e
     _write_open_clip_config(path, {"model_cfg": model_cfg})
     return path
 

@@ -222,3 +222,79 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
+
+
+# open_clip's SigLIP models (CustomTextCLIP) hold timm's ViT as `visual.trunk`; its names -> the names
+# clip_jax's params tree gives the same tensors (see clip_jax.weights.hf for the other SigLIP layout).
+TIMM_TRUNK = "visual.trunk."
+_TIMM_BLOCK = re.compile(r"^visual\.trunk\.blocks\.(\d+)\.(.+)$")
+_TIMM_BLOCK_PARTS = {
+    "norm1.": "ln_1.",
+    "norm2.": "ln_2.",
+    "attn.qkv.weight": "attn.in_proj_weight",
+    "attn.qkv.bias": "attn.in_proj_bias",
+    "attn.proj.": "attn.out_proj.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
+_TIMM_SINGLE = {
+    "patch_embed.proj.weight": "visual.conv1.weight",
+    "patch_embed.proj.bias": "visual.conv1.bias",
+    "norm.weight": "visual.ln_post.weight",
+    "norm.bias": "visual.ln_post.bias",
+    "attn_pool.proj.weight": "visual.attn_pool.attn.out_proj.weight",
+    "attn_pool.proj.bias": "visual.attn_pool.attn.out_proj.bias",
+    "attn_pool.norm.weight": "visual.attn_pool.ln_mlp.weight",
+    "attn_pool.norm.bias": "visual.attn_pool.ln_mlp.bias",
+    "attn_pool.mlp.fc1.weight": "visual.attn_pool.mlp.c_fc.weight",
+    "attn_pool.mlp.fc1.bias": "visual.attn_pool.mlp.c_fc.bias",
+    "attn_pool.mlp.fc2.weight": "visual.attn_pool.mlp.c_proj.weight",
+    "attn_pool.mlp.fc2.bias": "visual.attn_pool.mlp.c_proj.bias",
+}
+# [1, N, W] in timm (a batch axis), [N, W] in clip_jax.
+_TIMM_SQUEEZED = {"pos_embed": "visual.positional_embedding", "attn_pool.latent": "visual.attn_pool.probe"}
+
+
+def is_timm_siglip_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """True for open_clip's timm-trunk SigLIP (`visual.trunk.*` with timm's MAP head)."""
+    return any(k.startswith(TIMM_TRUNK + "attn_pool.") for k in state_dict)
+
+
+def timm_siglip_to_open_clip(
+    state_dict: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Rename the `visual.trunk.*` keys of an open_clip SigLIP state dict into the names the rest of this
+    module reads; timm's pooling head splits the probe's query projection (`q`) from the key/value one
+    (`kv`), which are stacked back into one q|k|v `in_proj`. Returns the state dict and {new key: file key};
+    keys that match no rule keep their name, so that the shape check reports them."""
+    out: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}
+    for key, value in state_dict.items():
+        rest = key[len(TIMM_TRUNK) :] if key.startswith(TIMM_TRUNK) else None
+        new = key
+        if rest in _TIMM_SINGLE:
+            new = _TIMM_SINGLE[rest]
+        elif rest in _TIMM_SQUEEZED:
+            new, value = _TIMM_SQUEEZED[rest], np.asarray(value).reshape(value.shape[1:])
+        elif m := _TIMM_BLOCK.match(key):
+            idx, part = m.groups()
+            for old, renamed in _TIMM_BLOCK_PARTS.items():
+                if part.startswith(old):
+                    new = f"visual.transformer.resblocks.{idx}.{renamed}{part[len(old) :]}"
+                    break
+        elif rest is not None and rest.startswith(("attn_pool.q.", "attn_pool.kv.")):
+            continue  # stacked below
+        out[new] = value
+        if new != key:
+            origin[new] = key
+    for leaf in ("weight", "bias"):
+        q, kv = f"{TIMM_TRUNK}attn_pool.q.{leaf}", f"{TIMM_TRUNK}attn_pool.kv.{leaf}"
+        if q in state_dict and kv in state_dict:
+            new = f"visual.attn_pool.attn.in_proj_{leaf}"
+            out[new] = np.concatenate([np.asarray(state_dict[q]), np.asarray(state_dict[kv])], axis=0)
+            origin[new] = f"{q}+{kv}"
+        else:  # one without the other: keep what is there, the shape check names the missing tensor
+            for k in (q, kv):
+                if k in state_dict:
+                    out[k] = state_dict[k]
+    return out, origin

@@ -29,16 +29,18 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
 
 import clip_jax.train.loop as train_module  # noqa: E402
 from clip_jax.checkpoint import Checkpointer  # noqa: E402
 from clip_jax.sharding import dict_key_path  # noqa: E402
+from clip_jax.train import cli  # noqa: E402
 from clip_jax.train.random_batches import RandomBatches  # noqa: E402
+
+WORKDIR = [""]  # the run's --workdir, as train() received it
 
 
 def workdir_file(name: str) -> str:
-    return os.path.join(flags.FLAGS.workdir, name)
+    return os.path.join(WORKDIR[0], name)
 
 
 def flat(tree) -> dict:
@@ -117,6 +119,7 @@ def install_hooks() -> None:
         return params
 
     def hooked_train(config, workdir, **kwargs):
+        WORKDIR[0] = workdir
         state = train(config, workdir, **kwargs)
         save_params(state.params, "final_params.npz")
         write_json(placement(state.params), "placement.json")
@@ -128,5 +131,4 @@ def install_hooks() -> None:
 
 if __name__ == "__main__":
     install_hooks()
-    train_module._define_flags()
-    app.run(train_module.main, argv=sys.argv)
+    sys.exit(cli.run())
