@@ -323,3 +323,22 @@ def test_eval_cli_without_data_stops_before_loading_weights(tmp_path, monkeypatc
     assert err.count("\n") == 0, err
     assert f"not prepared in the TFDS data dir {empty}" in err
     assert "python -m clip_jax.eval.prepare imagenet" in err and "docs/evaluation_data.md" in err
+
+
+def test_prepare_command_missing_archive_is_one_stderr_line(tmp_path):
+    """The command as a user runs it: exit status 2 and one line on stderr (no TFDS warning above it),
+    nothing written into the data dir."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "tfds"
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_jax.eval.prepare", "imagenet_a", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("clip_jax.eval.prepare: error: imagenet_a: imagenet-a.tar")
+    assert not data_dir.exists()

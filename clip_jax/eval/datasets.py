@@ -6,6 +6,7 @@ command that prepares it (`clip_jax.eval.prepare`) before an evaluation loads an
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -102,6 +103,27 @@ def tfds_data_dir(data_dir: str | None) -> str:
     return get_default_data_dir()
 
 
+def tfds_builder(name: str, data_dir: str | None) -> tuple[Any, bool]:
+    """(`tfds.builder(name, data_dir=data_dir)`, whether it is prepared) without TFDS's warning that an
+    unprepared dataset's folder has no dataset_info.json (the caller says so itself, in its one line); an
+    unknown name is a UserError."""
+    import tensorflow_datasets as tfds
+
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        return builder, builder.is_prepared()
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UserError(
+            f"unknown dataset {name!r}: not one of {sorted(metadata.DATASETS)}, an image folder "
+            f"(folder:<dir>) or a TFDS name ({PREPARE_DOC})"
+        ) from e
+    finally:
+        absl_logger.setLevel(level)
+
+
 def image_folder_path(name: str) -> Path | None:
     """The directory an image-folder dataset name points at ("folder:<dir>", "image_folder:<dir>" or an
     existing directory, as `clip_jax.data.builders.get_builder` reads them), else None."""
@@ -163,8 +185,6 @@ def check_available(
     unpacked. Reads metadata only, so an evaluation calls it before loading any weights. The datasets that
     are not prepared are named together, with the one `clip_jax.eval.prepare` command that prepares them.
     """
-    import tensorflow_datasets as tfds
-
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     unprepared: list[str] = []
     root = None
@@ -184,15 +204,9 @@ def check_available(
         tfds_name = spec.tfds_name if spec is not None else name
         if tfds_name.split("/")[0] == "clip_synthetic":  # generated on first use
             continue
-        try:
-            builder = tfds.builder(tfds_name, data_dir=data_dir)
-        except tfds.core.registered.DatasetNotFoundError as e:
-            raise UserError(
-                f"unknown dataset {name!r}: not one of {sorted(metadata.DATASETS)}, an image folder "
-                "(folder:<dir>) or a TFDS name"
-            ) from e
+        builder, prepared = tfds_builder(tfds_name, data_dir)
         root = tfds_data_dir(data_dir)
-        if not builder.is_prepared():
+        if not prepared:
             unprepared.append(name)
             continue
         have = set(builder.info.splits.keys())

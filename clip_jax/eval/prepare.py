@@ -27,6 +27,7 @@ from clip_jax.eval.datasets import (
     check_image_folder,
     check_objectnet_dir,
     image_folder_path,
+    tfds_builder,
     tfds_data_dir,
 )
 
@@ -119,13 +120,10 @@ def prepare_tfds(
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-    try:
-        builder = tfds.builder(tfds_name(name), data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise UserError(f"unknown dataset {name!r}: see {PREPARE_DOC} for the ones prepare knows") from e
+    builder, prepared = tfds_builder(tfds_name(name), data_dir)
     root = tfds_data_dir(data_dir)
     manual = Path(manual_dir).expanduser() if manual_dir else Path(root) / "downloads" / "manual"
-    if not builder.is_prepared():
+    if not prepared:
         recipe = RECIPES.get(builder.name)
         if recipe is None and not download:
             raise UserError(
