@@ -2,7 +2,8 @@
 
 The pipeline is OpenAI's: ftfy fix, HTML unescape (twice), whitespace collapse, lowercase, the CLIP regex
 split, byte-level BPE with the merges of ``bpe_simple_vocab_16e6.txt.gz`` (shipped as package data), then
-``[SOT] + ids + [EOT]`` truncated to the context length (EOT stays last) and padded with 0.
+``[SOT] + ids + [EOT]`` truncated to the context length (EOT stays last) and padded with 0 (or with
+``pad_token``: Stable Diffusion 1's tokenizer pads with EOT, see docs/text_conditioning.md).
 
 Speed comes from three exact shortcuts rather than from changing the algorithm:
 - ftfy and ``html.unescape`` provably leave printable ASCII without ``&`` unchanged, so such text (all of
@@ -195,8 +196,11 @@ class Tokenizer:
         data = bytes(self._symbol_to_byte[c] for c in symbols)
         return data.decode("utf-8", errors="replace").replace(_END_OF_WORD, " ")
 
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
-        """Token ids, int32 [N, context_length]: SOT, ids, EOT (kept last when truncating), zero padding."""
+    def __call__(
+        self, texts: str | Sequence[str], context_length: int | None = None, pad_token: int = 0
+    ) -> np.ndarray:
+        """Token ids, int32 [N, context_length]: SOT, ids, EOT (kept last when truncating), then `pad_token`
+        (0, as OpenAI and open_clip pad; HF tokenizers whose pad_token is "<|endoftext|>" pad with EOT)."""
         if isinstance(texts, str):
             texts = [texts]
         context_length = context_length or self.context_length
@@ -206,7 +210,7 @@ class Tokenizer:
         flat: list[int] = []
         lengths = np.fromiter((self._encode_into(t, flat) for t in texts), dtype=np.int64, count=len(texts))
         n = len(lengths)
-        result = np.zeros((n, context_length), dtype=np.int32)
+        result = np.full((n, context_length), pad_token, dtype=np.int32)
         if n == 0:
             return result
         rows = np.arange(n)
@@ -237,6 +241,9 @@ def _default_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH) -> np.ndarray:
-    """Token ids of `texts` as int32 [N, context_length], the input of the CLIP text tower."""
-    return _default_tokenizer()(texts, context_length)
+def tokenize(
+    texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH, pad_token: int = 0
+) -> np.ndarray:
+    """Token ids of `texts` as int32 [N, context_length], the input of the CLIP text tower, padded with
+    `pad_token` after the EOT (0 by default)."""
+    return _default_tokenizer()(texts, context_length, pad_token)

@@ -490,11 +490,16 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, return_layer: int | None = None, pool_rows: jax.Array | None = None
-    ) -> jax.Array:
+        self,
+        x: jax.Array,
+        return_layer: int | tuple[int, ...] | None = None,
+        pool_rows: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, ...]:
         """Run the blocks on x [B, L, W] and return their output [B, L, W].
 
-        With `return_layer=i`, return the output of block i (Python indexing) instead. With `pool_rows`
+        With `return_layer=i`, return the output of block i (Python indexing) instead; with a tuple of
+        block indices, the tuple of their outputs from one pass (a text encoder's conditioning takes the
+        penultimate block and the last one's pooled row together). With `pool_rows`
         [B] (int), return only row pool_rows[b] of each sequence, [B, W]: the token a tower pools
         (class token, end-of-text). Unrolled, the last block then computes just that row past its
         keys and values, which is exact (no other output row feeds it) and saves ~1/layers of the
@@ -524,11 +529,18 @@ class Transformer(nn.Module):
         )
         if return_layer is not None and pool_rows is not None:
             raise ValueError("return_layer and pool_rows are exclusive: a pooled row is a last-layer output")
-        stop = self.layers if return_layer is None else range(self.layers)[return_layer] + 1
+        several = isinstance(return_layer, tuple)
+        asked = return_layer if several else () if return_layer is None else (return_layer,)
+        wanted = [range(self.layers)[i] for i in asked]
+        stop = self.layers if return_layer is None else max(wanted, default=-1) + 1
         if not self.scan:
+            outputs = {}
             for i in range(stop):
                 rows = pool_rows if i == self.layers - 1 else None
                 x, _ = block_cls(name=f"resblocks_{i}", **kw)(x, None, rows)
+                outputs[i] = x
+            if several:
+                return tuple(outputs[i] for i in wanted)
             return x if pool_rows is None else x[:, 0]
         # A scan runs every layer; for an intermediate layer it emits all outputs and we pick one.
         emit = return_layer is not None
@@ -539,6 +551,8 @@ class Transformer(nn.Module):
             length=self.layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(name="resblocks", emit_hidden=emit, **kw)(x, None)
+        if several:
+            return tuple(hidden[i] for i in wanted)
         if emit:
             return hidden[stop - 1]
         return x if pool_rows is None else take_rows(x, pool_rows)[:, 0]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
+from clip_jax.models.text_encoder import TextEncoderConfig
 from clip_jax.weights.infer import mlp_ratio
 
 # Buffers some transformers versions saved; not weights.
@@ -72,8 +73,24 @@ _PROJECTIONS = {"visual_projection.weight": "visual.proj", "text_projection.weig
 _LAYER = re.compile(r"^(vision_model|text_model)\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+# transformers 5 saves a CLIPTextModel's keys without the `text_model.` prefix that earlier versions (and
+# the Stable Diffusion checkpoints on the hub) have; both load in transformers.
+_UNPREFIXED_TEXT_MODEL = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
 def is_hf_state_dict(state_dict: Mapping[str, Any]) -> bool:
-    return any(k.startswith(("vision_model.", "text_model.")) for k in state_dict)
+    return any(k.startswith(("vision_model.", "text_model.")) for k in state_dict) or (
+        "embeddings.token_embedding.weight" in state_dict
+    )
+
+
+def with_text_model_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A CLIPTextModel state dict with the `text_model.` prefix on its text tower's keys, however saved."""
+    if "embeddings.token_embedding.weight" not in state_dict:
+        return dict(state_dict)
+    return {
+        "text_model." + k if k.startswith(_UNPREFIXED_TEXT_MODEL) else k: v for k, v in state_dict.items()
+    }
 
 
 def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -82,6 +99,7 @@ def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.
     Returns the new state dict and {open_clip key: HF key} for error messages. Keys that match no rule
     are kept under their HF name so that the shape check reports them as unexpected.
     """
+    state_dict = with_text_model_prefix(state_dict)
     out: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}
     qkv: dict[tuple[str, str], dict[str, tuple[str, np.ndarray]]] = {}
@@ -124,11 +142,75 @@ def hf_to_open_clip(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.
     return out, origin
 
 
+def is_text_only(state_dict: Mapping[str, Any]) -> bool:
+    """True for a HF CLIPTextModel(WithProjection) state dict: a text tower and no vision tower."""
+    keys = with_text_model_prefix(state_dict)
+    return any(k.startswith("text_model.") for k in keys) and not any(
+        k.startswith("vision_model.") for k in keys
+    )
+
+
+def text_encoder_config_from_hf(hf_config: Mapping[str, Any], projection: bool) -> TextEncoderConfig:
+    """TextEncoderConfig of a HF CLIPTextModel(WithProjection) `config.json` (model_type 'clip_text_model'),
+    or of a CLIPModel's text tower (model_type 'clip'); `projection`: the weights have a text_projection.
+
+    clip_jax pools at the argmax of the token ids, HF at the first `eos_token_id` (the argmax too with the
+    legacy eos_token_id 2): they agree when the EOT is the vocabulary's largest id, as in CLIP's BPE.
+    """
+    model_type = hf_config.get("model_type", "clip_text_model")
+    if model_type == "clip":
+        t = hf_config.get("text_config", {}) or {}
+        projection_dim = hf_config.get("projection_dim", 512)
+    elif model_type == "clip_text_model":
+        t, projection_dim = hf_config, hf_config.get("projection_dim", 512)
+    else:
+        raise ValueError(
+            f"model_type {model_type!r} is not a CLIP text encoder: clip_jax reads 'clip_text_model' and 'clip'"
+        )
+    act = t.get("hidden_act", "quick_gelu")
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"unsupported hidden_act {act!r}: clip_jax has quick_gelu or (exact) gelu")
+    width, vocab = t.get("hidden_size", 512), t.get("vocab_size", 49408)
+    eos = t.get("eos_token_id", 49407)  # CLIPTextConfig's default
+    if eos not in (2, vocab - 1):
+        raise ValueError(
+            f"eos_token_id {eos} is not the largest id of the {vocab}-token vocabulary: clip_jax pools at "
+            "the largest token id (CLIP's end-of-text), so this encoder would pool elsewhere"
+        )
+    text = TextConfig(
+        context_length=t.get("max_position_embeddings", 77),
+        vocab_size=vocab,
+        width=width,
+        heads=t.get("num_attention_heads", 8),
+        layers=t.get("num_hidden_layers", 12),
+        mlp_ratio=mlp_ratio(t.get("intermediate_size", 2048), width),
+    )
+    return TextEncoderConfig(
+        text=text,
+        embed_dim=projection_dim if projection else None,
+        quick_gelu=act == "quick_gelu",
+        norm_eps=float(t.get("layer_norm_eps", 1e-5)),
+    )
+
+
 def config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
     """CLIPConfig from a HF CLIPModel or SiglipModel `config.json` (told apart by its model_type)."""
     model_type = hf_config.get("model_type", "clip")
     if model_type == "siglip":
         return siglip_config_from_hf(hf_config)
+    if model_type == "siglip2":
+        # NaFlex: patches of the image at its own aspect ratio, their positions resized per image.
+        raise ValueError(
+            "model_type 'siglip2' is SigLIP 2's NaFlex model (Siglip2Model: variable resolution and aspect "
+            "ratio, a per-image resized position embedding), which clip_jax does not build; take the "
+            "fixed-resolution checkpoint of the same model instead (google/siglip2-base-patch16-224, "
+            "...-256/-384/-512, model_type 'siglip'), which clip_jax loads"
+        )
+    if model_type == "clip_text_model":
+        raise ValueError(
+            "a text-only CLIPTextModel / CLIPTextModelWithProjection (model_type 'clip_text_model', e.g. a "
+            "Stable Diffusion text_encoder): load it with clip_jax.weights.load_text_encoder"
+        )
     if model_type != "clip":
         raise ValueError(
             f"model_type {model_type!r} is not supported: clip_jax reads HF's 'clip' and 'siglip'"
