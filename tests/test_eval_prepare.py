@@ -94,6 +94,20 @@ def test_imagenet2012_from_val_and_train_tars(tmp_path, capsys):
     assert _run_prepare(["imagenet2012", "--data-dir", str(data_dir)]) == 0
 
 
+def test_imagenet2012_without_train_tar_has_no_train_split(tmp_path, capsys):
+    """The train tar is optional: without it the validation split is prepared, and a linear probe's
+    train split is refused in one line that says how to add it."""
+    data_dir, manual = tmp_path / "tfds", tmp_path / "tfds" / "downloads" / "manual"
+    _tar(manual / "ILSVRC2012_img_val.tar", {"ILSVRC2012_val_00000001.JPEG": _image_bytes(0)})
+    assert _run_prepare(["imagenet2012", "--data-dir", str(data_dir)]) == 0
+    assert "imagenet2012: prepared, validation 1 examples" in capsys.readouterr().out
+    check_available("imagenet2012", str(data_dir))
+    with pytest.raises(
+        UserError, match=r"has splits \['validation'\], not 'train'; .* delete \S+/imagenet2012 "
+    ):
+        check_available("imagenet1k", str(data_dir), splits=[None, "train"])
+
+
 def test_imagenet2012_missing_archive_is_one_line(tmp_path, capsys):
     """No ILSVRC2012_img_val.tar: one line naming the file, where to get it and the folder to put it in."""
     data_dir = tmp_path / "tfds"

@@ -49,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from clip_jax.data import image_text
-from clip_jax.data.tf_ops import decode_image, no_autograph, tf_tokenize
+from clip_jax.data.tf_ops import Tokenizer, decode_image, no_autograph, tf_tokenize
 from clip_jax.preprocess import tf_train_transform
 
 STATE_VERSION = 1
@@ -80,8 +80,10 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         context_length: int,
         seed: int,
         fingerprint: dict[str, Any],
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self._source = source
+        self.tokenizer = tokenizer  # the model's (clip_jax.inputs); None: CLIP's BPE
         self._config = config
         self.local_batch_size = local_batch_size
         self.image_size = image_size
@@ -190,7 +192,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             return {"index": example["index"], "image": image, "caption": example["caption"]}
 
         def tokenize_batch(batch):
-            text = tf_tokenize(batch["caption"], context_length)
+            text = tf_tokenize(batch["caption"], context_length, self.tokenizer)
             return {"index": batch["index"], "image": batch["image"], "text": text}
 
         def has_caption(example):
@@ -301,11 +303,13 @@ def make_train_iterator(
     seed: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> TrainIterator:
     """The training iterator for a data config (fields: `image_text.DATA_CONFIG_DEFAULTS`).
 
     Each process yields global_batch_size // process_count examples per batch from its own share of the
-    data. Unknown config fields or sources raise ValueError.
+    data. Captions are tokenized with `tokenizer`, the model's (`clip_jax.inputs.train_inputs`; None:
+    CLIP's BPE), inside tf.data. Unknown config fields or sources raise ValueError.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -333,4 +337,5 @@ def make_train_iterator(
         context_length=context_length,
         seed=seed,
         fingerprint=fingerprint,
+        tokenizer=tokenizer,
     )

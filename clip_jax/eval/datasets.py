@@ -169,7 +169,7 @@ def check_objectnet_dir(objectnet_dir: str | None) -> int:
 
 
 def _base_split(split: str) -> str:
-    """ "train[:10%]" -> "train": the split a sliced or percent split name reads from."""
+    """The split that a sliced split name reads from: "train" for "train[:10%]"."""
     return re.split(r"[\[+]", split, maxsplit=1)[0]
 
 
@@ -213,9 +213,11 @@ def check_available(
         for split in splits:
             split = split or (spec.split if spec is not None else "test")
             if _base_split(split) not in have:
+                # A prepared dataset is never rebuilt in place, hence the deletion.
                 raise UserError(
-                    f"{name} in {root} has splits {sorted(have)}, not {_base_split(split)!r}; add its "
-                    f"archive and rerun `{PREPARE_COMMAND} {tfds_name} --data-dir {root}` ({PREPARE_DOC})"
+                    f"{name} in {root} has splits {sorted(have)}, not {_base_split(split)!r}; put that split's "
+                    f"archive in the manual dir, delete {Path(root) / builder.name} and rerun "
+                    f"`{PREPARE_COMMAND} {tfds_name} --data-dir {root}` ({PREPARE_DOC})"
                 )
     if unprepared:
         raise UserError(

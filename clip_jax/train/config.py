@@ -73,6 +73,9 @@ def default_config() -> ml_collections.ConfigDict:
     # is init_from_only=("^visual/",) with freeze=("^visual/",): a locked pretrained image tower.
     c.init_from_only = ()
     c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
+    # The text tower's tokenizer: "" is the model's own (CLIP's BPE for clip towers; a SigLIP tower's
+    # spiece.model from init_from's directory), else a sentencepiece .model file or a directory holding it.
+    c.tokenizer = ""
 
     c.checkpoint_every = 500  # steps between checkpoints (and one at the end)
     c.keep_checkpoints = 3  # newest checkpoints kept on disk
@@ -241,13 +244,12 @@ def validate_config(config: ml_collections.ConfigDict) -> CLIPConfig:
         raise ValueError(f"config.model: {e}") from e
     if config.loss == "sigmoid" and model_cfg.init_logit_bias is None:
         raise ValueError("config.loss='sigmoid' needs a model with init_logit_bias (e.g. -10)")
-    if model_cfg.family != "clip":
-        # The input pipeline tokenizes captions with CLIP's BPE (clip_jax/data/tf_ops.py tf_tokenize):
-        # a SigLIP text tower would learn from, and be evaluated on, ids of another vocabulary.
-        raise ValueError(
-            f"config.model: a {model_cfg.family} text tower (text.pool_type={model_cfg.text.pool_type!r}) "
-            "reads its own sentencepiece ids, but training tokenizes captions with CLIP's BPE"
-        )
+    # A text tower learns from, and is evaluated on, its own vocabulary's ids: where they come from
+    # (noise batches without evaluations read no text).
+    if config.data.get("source") != "random" or config.evals or config.tokenizer:
+        from clip_jax.inputs import tokenizer_source
+
+        tokenizer_source(model_cfg, config.tokenizer, config.init_from)
     return model_cfg
 
 

@@ -276,8 +276,11 @@ def make_train_data(config, model_cfg):
             **common,
         )
     from clip_jax.data import make_train_iterator
+    from clip_jax.inputs import train_inputs
 
-    return make_train_iterator(config.data, **common)
+    # The model's own tokenizer (config.tokenizer / init_from's; CLIP's BPE for clip towers).
+    tokenizer = train_inputs(model_cfg, config.tokenizer, config.init_from).tokenizer
+    return make_train_iterator(config.data, tokenizer=tokenizer, **common)
 
 
 class TrainLoop:
@@ -436,8 +439,12 @@ class TrainLoop:
         from clip_jax.eval.common import flat_scalars, make_evaluators
 
         if self.evaluators is None:
+            from clip_jax.inputs import train_inputs
+
             defaults = {"data_dir": self.config.data.get("data_dir")}
-            self.evaluators = make_evaluators(self.config.evals, self.model, defaults=defaults)
+            # Prompts tokenized as the training captions are.
+            inputs = train_inputs(self.model.cfg, self.config.tokenizer, self.config.init_from)
+            self.evaluators = make_evaluators(self.config.evals, self.model, defaults=defaults, inputs=inputs)
         results = {}
         for name, evaluator in self.evaluators.items():
             start = time.perf_counter()
