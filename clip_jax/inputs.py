@@ -5,7 +5,9 @@ and on images resized whole to the square with mean = std = 0.5, a CLIP checkpoi
 OpenAI's resize-and-crop. `model_inputs` reads them from a checkpoint where it has them (a HF SigLIP
 directory's spiece.model and preprocessor_config.json) and otherwise takes the config family's defaults,
 so that prediction and every evaluation (zero-shot, linear probe, robustness, retrieval) feed a model
-what it was trained on without being told.
+what it was trained on without being told. Training asks here too (`train_inputs`, from config.tokenizer
+or config.init_from): its tf.data pipeline tokenizes captions with the model's tokenizer, and never
+knows which family that is.
 """
 
 from __future__ import annotations
@@ -48,6 +50,65 @@ class ModelInputs:
 
         context_length = cfg.text.context_length
         return lambda texts: tokenize(list(texts), context_length=context_length)
+
+
+def tokenizer_source(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") -> Path | None:
+    """Where a training run of `cfg` reads its tokenizer (None: CLIP's BPE, shipped with clip_jax);
+    a ValueError naming the config field when there is none or it does not hold one. Reads no file, so
+    that a config (or every run of a sweep) validates fast.
+
+    `tokenizer` (config.tokenizer) is a sentencepiece .model file or a checkpoint directory holding the
+    family's vocabulary (spiece.model); empty, a non-CLIP tower takes it from `init_from`'s directory
+    (config.init_from), as its evaluations do from --weights.
+    """
+    if cfg.family == "clip":
+        if tokenizer:
+            raise ValueError(
+                f"config.tokenizer={tokenizer!r}: a clip text tower reads CLIP's BPE ids (it pools at the "
+                "largest id, EOT); leave config.tokenizer empty"
+            )
+        return None
+    field, source = ("tokenizer", tokenizer) if tokenizer else ("init_from", init_from)
+    if not source:
+        raise ValueError(
+            f"config.tokenizer is empty: a {cfg.family} text tower reads its own sentencepiece vocabulary, "
+            "not CLIP's BPE; set config.tokenizer to its .model file or a checkpoint directory holding "
+            "spiece.model (or config.init_from to such a checkpoint)"
+        )
+    from clip_jax.siglip_tokenizer import VOCAB_FILE
+
+    path = Path(source)
+    directory = path if path.is_dir() else path.parent
+    if field == "tokenizer" and path.is_file():
+        return path
+    if (directory / VOCAB_FILE).is_file():
+        return directory
+    missing = "does not exist" if not path.exists() else f"holds no {VOCAB_FILE}"
+    raise ValueError(
+        f"config.{field}={source!r} {missing}: the {cfg.family} text tower needs its sentencepiece "
+        "vocabulary; set config.tokenizer to its .model file or a directory holding spiece.model"
+    )
+
+
+def train_inputs(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") -> ModelInputs:
+    """The inputs a training run feeds `cfg` and evaluates it with: the tokenizer of `tokenizer_source`
+    (its config fields), the family's eval transform, or a HF checkpoint's (init_from's directory)."""
+    source = tokenizer_source(cfg, tokenizer, init_from)
+    if source is None:
+        return ModelInputs()
+    # A HF checkpoint's preprocessor_config.json, else the family's transform.
+    transform = model_inputs(cfg, init_from).transform if init_from else FAMILY_TRANSFORMS[cfg.family]
+    if source.is_file():
+        from clip_jax.siglip_tokenizer import SiglipTokenizer
+
+        return ModelInputs(transform, SiglipTokenizer(source, cfg.text.context_length))
+    from clip_jax.siglip_tokenizer import find_siglip_tokenizer
+
+    found = find_siglip_tokenizer(source, cfg.text.context_length)
+    if found is None:
+        where = "config.tokenizer" if tokenizer else "config.init_from"
+        raise ValueError(f"{where}: no sentencepiece vocabulary in {source}")
+    return ModelInputs(transform, found)
 
 
 def model_inputs(cfg: CLIPConfig, weights: str | os.PathLike | None = None) -> ModelInputs:

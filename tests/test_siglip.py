@@ -549,13 +549,3 @@ def test_retrieval_and_linear_probe_clis_on_a_siglip_checkpoint(siglip16_dir, tm
     probe = linear_probe.main(common + ["--dataset", "clip_synthetic/tiny", "--task", "color"])
     assert 0.0 <= probe["metrics"]["acc1"] <= 1.0
 
-
-def test_trainer_refuses_a_siglip_text_tower():
-    """Training tokenizes captions with CLIP's BPE: a SigLIP text tower is refused at start, by name."""
-    from clip_jax.train.config import default_config, validate_config
-
-    config = default_config()
-    config.model = "tiny-siglip"
-    config.loss = "sigmoid"
-    with pytest.raises(ValueError, match=r"config\.model: a siglip text tower .* CLIP's BPE"):
-        validate_config(config)

@@ -33,10 +33,20 @@ def _tokenize_batch(captions: np.ndarray, context_length: int, tokenizer: Tokeni
 def tf_tokenize(captions: tf.Tensor, context_length: int, tokenizer: Tokenizer | None = None) -> tf.Tensor:
     """Tokenize a string tensor of any shape inside tf.data: int32 [*shape, context_length].
 
-    `tokenizer` (texts -> ids [N, context_length]) defaults to CLIP's BPE; a SigLIP model's is its own."""
-    tokens = tf.numpy_function(
-        lambda c: _tokenize_batch(c, context_length, tokenizer), [captions], tf.int32, stateful=False
-    )
+    `tokenizer` (texts -> ids [N, context_length], the model's: `clip_jax.inputs`) defaults to CLIP's BPE.
+    A tokenizer with an in-graph form (sentencepiece: `tokenize_ops.in_graph_tokenizer`) runs as TF ops,
+    off the GIL; any other runs in Python in a tf.numpy_function."""
+    from clip_jax.data.tokenize_ops import in_graph_tokenizer
+
+    in_graph = in_graph_tokenizer(tokenizer, context_length) if tokenizer is not None else None
+    if in_graph is not None:
+        tokens = tf.reshape(
+            in_graph(tf.reshape(captions, [-1])), tf.concat([tf.shape(captions), [context_length]], 0)
+        )
+    else:
+        tokens = tf.numpy_function(
+            lambda c: _tokenize_batch(c, context_length, tokenizer), [captions], tf.int32, stateful=False
+        )
     tokens.set_shape(captions.shape.concatenate([context_length]))
     return tokens
 

@@ -140,9 +140,10 @@ def make_evaluators(
     *,
     defaults: Mapping[str, Any] | None = None,
     where: str = "config.evals",
+    inputs: ModelInputs | None = None,
 ) -> dict[str, Evaluator]:
     """{name: evaluator} for a config's `evals` section; `defaults` fill fields an evaluation leaves unset
-    (the trainer passes its data_dir)."""
+    (the trainer passes its data_dir), `inputs` are the model's (the trainer's tokenizer)."""
     out = {}
     for name, fields in evals.items():
         fields = fields.to_dict() if hasattr(fields, "to_dict") else dict(fields)
@@ -152,7 +153,7 @@ def make_evaluators(
         for key, value in (defaults or {}).items():
             if key in known and rest.get(key) is None and value is not None:
                 rest[key] = value
-        out[name] = cls(rest, model, where=f"{where}.{name}")
+        out[name] = cls(rest, model, where=f"{where}.{name}", inputs=inputs)
     return out
 
 
