@@ -2,6 +2,10 @@
 
     python -m clip_jax.predict --model ViT-B-32-quickgelu --weights ViT-B-32.pt \
         --image dog.jpg --labels "a diagram,a dog,a cat"
+    python -m clip_jax.predict --checkpoint runs/synthetic_tiny --image dog.png --labels "a circle,a square"
+
+`--checkpoint` (the same flag as `--weights`) takes a training run's workdir, its checkpoints/ or a step
+folder: the newest complete step, the model read from the workdir's config.json.
 
 Prints the probability of each label: softmax over labels of exp(logit_scale) * cos(image, text)
 (exp(logit_scale) is 100 for OpenAI's trained models); for a model with a logit bias (SigLIP), each label's
@@ -19,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clip_jax.cli_errors import UserError, run_cli
 from clip_jax.inputs import model_inputs
 from clip_jax.models.clip import CLIP, label_probabilities
+from clip_jax.models.config import get_model_config
 from clip_jax.preprocess import EvalTransform, load_image, preprocess_image
 from clip_jax.tokenizer import tokenize
 from clip_jax.weights import load_pretrained
@@ -67,17 +73,26 @@ def predict(
 
 
 def parse_labels(text: str) -> list[str]:
+    """The labels of `--labels`: comma-separated, blanks dropped; ValueError if none is left."""
     labels = [s.strip() for s in text.split(",") if s.strip()]
     if not labels:
-        raise ValueError(f"no labels in {text!r}; pass them comma-separated, e.g. 'a dog,a cat'")
+        raise ValueError(f"--labels {text!r} holds no label; pass them comma-separated, e.g. 'a dog,a cat'")
     return labels
 
 
 def main(argv: Sequence[str] | None = None) -> np.ndarray:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model name, e.g. ViT-B-32-quickgelu (default: infer)")
     parser.add_argument(
-        "--weights", required=True, help="checkpoint file or directory (any supported format)"
+        "--model",
+        default=None,
+        help="model name, e.g. ViT-B-32-quickgelu (default: read from the checkpoint or inferred)",
+    )
+    parser.add_argument(
+        "--weights",
+        "--checkpoint",
+        required=True,
+        help="checkpoint file or directory (any supported format), or a training run: its workdir, "
+        "checkpoints/ or a step folder (the model is read from the workdir's config.json)",
     )
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--labels", required=True, help="comma-separated labels, e.g. 'a dog,a cat'")
@@ -89,6 +104,16 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
     )
     args = parser.parse_args(argv)
     labels = parse_labels(args.labels)
+    # The image and the model name are checked before the weights are read: a typo costs no load.
+    try:
+        load_image(args.image)
+    except OSError as e:  # missing or unreadable; a file that is not an image is a ValueError naming it
+        raise UserError(f"--image {args.image}: {e.strerror or e}") from e
+    if args.model is not None:
+        try:
+            get_model_config(args.model)
+        except ValueError as e:
+            raise UserError(f"--model: {e}") from None
     model, params = load_pretrained(args.model, args.weights, quick_gelu=args.quick_gelu)
     # A SigLIP checkpoint ships its vocabulary (spiece.model) and its transform beside its weights.
     inputs = model_inputs(model.cfg, args.weights)
@@ -101,4 +126,4 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main, "clip_jax.predict"))

@@ -27,6 +27,7 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from clip_jax.cli_errors import UserError
 from clip_jax.data import synthetic_scenes as scenes
 
 CAPTIONS_PER_IMAGE = 3
@@ -293,18 +294,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.write_docs:
-        with open(args.write_docs, "w") as f:
-            f.write(describe_markdown())
         samples = os.path.join(os.path.dirname(args.write_docs), SAMPLES_FILE)
-        Image.fromarray(sample_grid()).save(samples)
+        try:
+            with open(args.write_docs, "w") as f:
+                f.write(describe_markdown())
+            Image.fromarray(sample_grid()).save(samples)
+        except OSError as e:
+            raise UserError(f"--write_docs {args.write_docs}: {e.strerror or e}") from e
         print(f"wrote {args.write_docs} and {samples}")
         return
+    import tensorflow as tf  # TFDS writes through tf.io.gfile, whose errors are not OSErrors
+
     start = time.perf_counter()
-    builder = prepare_synthetic(args.data_dir, args.config)
+    try:
+        builder = prepare_synthetic(args.data_dir, args.config)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
+        raise UserError(f"--data_dir {args.data_dir}: cannot build the dataset there ({reason})") from e
     print(f"clip_synthetic/{args.config} ready in {builder.data_dir} ({time.perf_counter() - start:.1f} s)")
     for name, split in builder.info.splits.items():
         print(f"  {name}: {split.num_examples} examples")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from clip_jax.cli_errors import run_cli
+
+    sys.exit(run_cli(main, "clip_jax.data.synthetic"))

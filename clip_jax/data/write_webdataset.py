@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import tensorflow as tf
 
+from clip_jax.cli_errors import UserError, run_cli
 from clip_jax.data import synthetic
 
 SIZES_FILE = "sizes.json"  # open_clip's get_dataset_size reads {shard file name: samples} from it
@@ -102,8 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="train", choices=list(synthetic.SPLITS))
     parser.add_argument("--samples_per_shard", type=int, default=1000)
     args = parser.parse_args(argv)
+    if args.samples_per_shard < 1:
+        raise UserError(f"--samples_per_shard {args.samples_per_shard}: must be >= 1")
     start = time.perf_counter()
-    paths = write_synthetic(args.output_dir, args.config, args.split, args.samples_per_shard)
+    try:
+        paths = write_synthetic(args.output_dir, args.config, args.split, args.samples_per_shard)
+    except (OSError, tf.errors.OpError) as e:  # tf.io.gfile's errors are not OSErrors
+        raise UserError(f"--output_dir {args.output_dir}: cannot write the shards ({_reason(e)})") from e
     last = os.path.basename(paths[-1]).removesuffix(".tar")
     print(
         f"wrote {len(paths)} shards of clip_synthetic/{args.config} {args.split} in "
@@ -111,5 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def _reason(error: Exception) -> str:
+    return getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_cli(main, "clip_jax.data.write_webdataset"))

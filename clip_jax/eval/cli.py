@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import jax
 
+from clip_jax.cli_errors import UserError
 from clip_jax.eval import results
 from clip_jax.eval.common import Evaluator
 from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK
 from clip_jax.inputs import ModelInputs, model_inputs
-from clip_jax.models import CLIP, get_model_config, init_params, random_params
+from clip_jax.models import CLIP, get_model_config, random_params
+from clip_jax.weights.identify import config_name
 
 E = TypeVar("E", bound=Evaluator)
 
@@ -42,8 +45,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help="a clip_jax params folder or a training workdir / "
-        "orbax checkpoint folder (the latest step is used; --model is required)",
+        help="a training run: its workdir, checkpoints/ or one step folder (the newest complete step; "
+        "the model is read from the workdir's config.json), or a clip_jax params folder",
     )
     parser.add_argument(
         "--quick-gelu",
@@ -80,57 +83,60 @@ def _file_id(path: str) -> str:
     return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
-    """(model, params, identity) from --weights / --checkpoint, or a random model from --model and --seed."""
+def check_flags(args: argparse.Namespace) -> None:
+    """The errors that need neither weights nor data, raised before either is read (a typo costs no
+    load). The dataset checks (`clip_jax.eval.datasets`: is the data there?) go here too, for the same
+    reason."""
     if args.weights and args.checkpoint:
-        raise SystemExit("pass either --weights or --checkpoint, not both")
+        raise UserError("pass either --weights or --checkpoint, not both")
+    if not (args.weights or args.checkpoint or args.model):
+        raise UserError("pass --weights or --checkpoint, or --model for a randomly initialised model")
+    if args.model is not None:
+        try:
+            get_model_config(args.model)
+        except ValueError as e:
+            raise UserError(f"--model: {e}") from None
+    from clip_jax.eval.datasets import check_cli_data
+
+    check_cli_data(args)
+
+
+def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
+    """(model, params, identity) from --weights / --checkpoint (a weights file or folder, or a training
+    run: its workdir, checkpoints/ or a step folder, the model read from its config.json), or a random
+    model from --model and --seed."""
+    check_flags(args)
     source = args.weights or args.checkpoint
+    flag = "--weights" if args.weights else "--checkpoint"
     if source is None:
-        if args.model is None:
-            raise SystemExit("pass --weights/--checkpoint, or --model for a randomly initialised model")
         model = CLIP(get_model_config(args.model))
         params = random_params(model, args.seed)
         tag = args.pretrained or "random"
         ident = ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}", model_inputs(model.cfg))
         return model, params, ident
-    from clip_jax.weights import params_io
+    from clip_jax.weights import training_run
 
-    if args.checkpoint and not params_io.is_params_dir(args.checkpoint):
-        if args.model is None:
-            raise SystemExit("--model is required with a training checkpoint")
-        from clip_jax.checkpoint import restore_params
-
-        model = CLIP(get_model_config(args.model))
-        expected = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-        try:
-            params, step_dir = restore_params(args.checkpoint, expected)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"--checkpoint {args.checkpoint}: {e}") from e
-        print(f"--checkpoint: step {step_dir.name} of {step_dir.parent}")
-        tag = args.pretrained or f"{Path(args.checkpoint).name}@{step_dir.name}"
+    if training_run.is_training_run(source):
+        cfg, params, step_dir = training_run.load_training_run(source, args.model, args.quick_gelu)
+        model = CLIP(cfg)
+        run = training_run.workdir_of(step_dir)
+        print(f"{flag}: step {step_dir.name} of {step_dir.parent}")
+        tag = args.pretrained or f"{run.name}@{step_dir.name}"
+        name = args.model or config_name(cfg) or "custom"
         # A training run's own: its pipeline tokenized and transformed as the model's family does.
-        return model, params, ModelIdent(args.model, tag, f"{step_dir.resolve()}", model_inputs(model.cfg))
+        return model, params, ModelIdent(name, tag, f"{step_dir.resolve()}", model_inputs(model.cfg))
     from clip_jax.weights import load_pretrained
     from clip_jax.weights.identify import pretrained_tag
 
     model, params = load_pretrained(args.model, source, quick_gelu=args.quick_gelu)
-    name = args.model or _config_name(model)
+    name = args.model or config_name(model.cfg) or "custom"
     tag = args.pretrained or pretrained_tag(source)
     checkpoint_id = _file_id(source) if Path(source).is_file() else str(source)
     try:
         inputs = model_inputs(model.cfg, source)
     except ValueError as e:  # a preprocessor_config.json or tokenizer_config.json it cannot follow
-        raise SystemExit(f"--weights {source}: {e}") from e
+        raise UserError(f"{flag} {source}: {e}") from e
     return model, params, ModelIdent(name, tag, checkpoint_id, inputs)
-
-
-def _config_name(model: CLIP) -> str:
-    from clip_jax.models import MODEL_CONFIGS
-
-    for name, cfg in MODEL_CONFIGS.items():
-        if cfg == model.cfg:
-            return name
-    return "custom"
 
 
 def data_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,7 +159,10 @@ def build(cls: type[E], config: dict[str, Any], model: CLIP, inputs: ModelInputs
     try:
         return cls(config, model, where="flags", inputs=inputs)
     except ValueError as e:
-        raise SystemExit(str(e).replace("flags.", "--")) from e
+        # flags.batch_size -> --batch-size, the flag that set the field.
+        lines = re.sub(r"flags\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e)).splitlines()
+        # TFDS lists every dataset it knows after an unknown name: hundreds of lines, the first says it.
+        raise UserError(lines[0] if len(lines) > 3 else " ".join(lines)) from e
 
 
 def add_template_arg(parser: argparse.ArgumentParser) -> None:

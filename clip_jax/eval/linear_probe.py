@@ -313,6 +313,10 @@ class LinearProbe(Evaluator):
         c = self.config
         if not 0 < c.val_fraction < 1:
             raise ValueError(f"{where}.val_fraction must be in (0, 1), got {c.val_fraction}")
+        if c.C is not None and not c.C > 0:  # sklearn's C: the inverse regularisation strength
+            raise ValueError(f"{where}.C must be > 0, got {c.C}")
+        if c.max_iter < 1:
+            raise ValueError(f"{where}.max_iter must be >= 1, got {c.max_iter}")
         self.spec = metadata.get_dataset(c.dataset)
         self.num_classes = len(metadata.classnames_and_templates(self.spec.name, c.task)[0])
         size, transform = model.cfg.vision.image_size, self.inputs.transform
@@ -389,4 +393,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from clip_jax.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, "clip_jax.eval.linear_probe"))

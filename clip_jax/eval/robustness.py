@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from clip_jax.cli_errors import UserError
 from clip_jax.eval import metadata
 from clip_jax.eval.classifier import (
     Head,
@@ -636,6 +637,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--plot", default=None, help="PNG path for the effective-robustness plot")
     parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
     args = parser.parse_args(argv)
+    if args.plot and not Path(args.published).is_file():  # read only for the plot, after the evaluation
+        raise UserError(f"--published {args.published} is not a file (the published numbers the plot shows)")
 
     model, params, ident = cli.load_model(args)
     fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
@@ -657,4 +660,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from clip_jax.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, "clip_jax.eval.robustness"))

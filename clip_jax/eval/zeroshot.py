@@ -148,4 +148,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from clip_jax.cli_errors import run_cli
+
+    raise SystemExit(run_cli(main, "clip_jax.eval.zeroshot"))

@@ -2,7 +2,8 @@
 
 import sys
 
-from clip_jax.sweep.cli import main
+from clip_jax.cli_errors import run_cli
+from clip_jax.sweep.cli import exit_status
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(exit_status, "clip_jax.sweep"))

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from clip_jax.cli_errors import UserError, run_cli
 from clip_jax.sweep.executors import LocalOptions, SlurmOptions
 
 
@@ -74,19 +75,39 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status 0 when every run is done (or, with --no-wait / --dry-run, submitted / listed)."""
     args = parse_args(argv)
     from clip_jax.sweep import results, status
-    from clip_jax.sweep.launcher import launch, plan
-    from clip_jax.sweep.overrides import DROP, parse_value
+    from clip_jax.sweep.launcher import check_options, launch, plan
     from clip_jax.sweep.spec import load_sweep
+    from clip_jax.train.overrides import DROP, parse_value
 
+    # Every value is checked before anything is read or listed: a dry run passes only what the launch takes.
+    local = LocalOptions(args.parallel, args.cpus_per_run, args.timeout_min)
+    slurm = SlurmOptions(
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        nodes=args.nodes,
+        tasks_per_node=args.tasks_per_node,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb,
+        time_min=args.time,
+        signal_delay_s=args.signal_delay_s,
+        max_requeues=args.max_requeues,
+        sbatch=dict(_key_value(s) for s in args.sbatch),
+        setup=args.setup,
+    )
+    check_options(local, slurm, args.poll_s)
+    common = {path: DROP for path in args.drop}
+    for item in args.set:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set lr=1e-3")
+        common[path.strip()] = parse_value(text)
     sweep = load_sweep(args.config)
     if args.only:
         unknown = set(args.only) - {r.name for r in sweep.runs}
         if unknown:
-            raise SystemExit(f"--only: no run named {sorted(unknown)}; --dry-run lists them")
-    common = {path: DROP for path in args.drop}
-    for item in args.set:
-        path, _, text = item.partition("=")
-        common[path] = parse_value(text)
+            raise UserError(f"--only: no run named {sorted(unknown)}; --dry-run lists them")
     sweep_dir = os.path.abspath(args.workdir)
 
     if args.dry_run:
@@ -105,22 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summary: {os.path.join(sweep_dir, 'summary.md')}")
         return 0
 
-    local = LocalOptions(args.parallel, args.cpus_per_run, args.timeout_min)
-    slurm = SlurmOptions(
-        partition=args.partition,
-        account=args.account,
-        qos=args.qos,
-        nodes=args.nodes,
-        tasks_per_node=args.tasks_per_node,
-        gpus_per_node=args.gpus_per_node,
-        cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb,
-        time_min=args.time,
-        signal_delay_s=args.signal_delay_s,
-        max_requeues=args.max_requeues,
-        sbatch=dict(_key_value(s) for s in args.sbatch),
-        setup=args.setup,
-    )
     poll_s = args.poll_s if args.poll_s is not None else (30.0 if args.executor == "slurm" else 5.0)
     rows = launch(
         sweep,
@@ -145,5 +150,13 @@ def _key_value(item: str) -> tuple[str, str | bool]:
     return key.strip().lstrip("-"), (value if sep else True)
 
 
+def exit_status(argv: list[str]) -> None:
+    """main() for run_cli: an error of the command line is one line and status 2 (run_cli); runs that
+    failed are status 1, their errors already printed by the launcher."""
+    status = main(argv)
+    if status:
+        sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(exit_status, "clip_jax.sweep"))

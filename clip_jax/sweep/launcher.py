@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_collections
 
+from clip_jax.cli_errors import UserError
 from clip_jax.sweep import status
 from clip_jax.sweep.executors import LocalOptions, SlurmOptions, cpu_slots, local_executor, slurm_executor
 from clip_jax.sweep.results import Row, collect, progress_line, write_summary
@@ -69,6 +70,37 @@ def plan(
             action = {status.FAILED: RETRY, status.INTERRUPTED: RESUME}.get(now, START)
             out.append(Planned(run, workdir, now, action, config))
     return out
+
+
+def check_options(local: LocalOptions, slurm: SlurmOptions, poll_s: float | None = None) -> None:
+    """UserError naming the flag of the first launcher value no launch could use. The command line calls
+    it before --dry-run lists the runs, so that a dry run passes only what the launch would accept."""
+    cpus_per_task = slurm.cpus_per_task
+    checks = [
+        ("--parallel", local.parallel, local.parallel >= 1, ">= 1"),
+        ("--cpus-per-run", local.cpus_per_run, local.cpus_per_run >= 0, ">= 0 (0: all CPUs / --parallel)"),
+        ("--timeout-min", local.timeout_min, local.timeout_min > 0, "> 0"),
+        ("--poll-s", poll_s, poll_s is None or poll_s > 0, "> 0"),
+        ("--nodes", slurm.nodes, slurm.nodes >= 1, ">= 1"),
+        ("--tasks-per-node", slurm.tasks_per_node, slurm.tasks_per_node >= 1, ">= 1"),
+        ("--gpus-per-node", slurm.gpus_per_node, slurm.gpus_per_node >= 0, ">= 0"),
+        ("--cpus-per-task", cpus_per_task, cpus_per_task is None or cpus_per_task >= 1, ">= 1"),
+        ("--mem-gb", slurm.mem_gb, slurm.mem_gb is None or slurm.mem_gb > 0, "> 0"),
+        ("--time", slurm.time_min, slurm.time_min >= 1, ">= 1 (minutes)"),
+        ("--signal-delay-s", slurm.signal_delay_s, slurm.signal_delay_s >= 0, ">= 0"),
+        ("--max-requeues", slurm.max_requeues, slurm.max_requeues >= 0, ">= 0"),
+    ]
+    for flag, value, ok, want in checks:
+        if not ok:
+            raise UserError(f"{flag} {value}: must be {want}")
+    if slurm.time_min * 60 <= slurm.signal_delay_s:
+        raise UserError(
+            f"--signal-delay-s {slurm.signal_delay_s} is not shorter than --time {slurm.time_min} min: "
+            "the run would be signalled to save before it starts"
+        )
+    for key in slurm.sbatch:
+        if not key:
+            raise UserError("--sbatch needs KEY=VALUE (e.g. --sbatch constraint=a100), got an empty key")
 
 
 def _resolve(sweep: Sweep, run: Run, common: Mapping[str, Any] | None) -> tuple[Any, str]:

@@ -28,7 +28,8 @@ from typing import Any
 
 import ml_collections
 
-from clip_jax.sweep.overrides import DROP, apply_overrides, format_value
+from clip_jax.cli_errors import UserError
+from clip_jax.train.overrides import DROP, apply_overrides, format_value
 
 ARG_PREFIX = "arg."
 _SAFE = re.compile(r"^[A-Za-z0-9._+-]*$")
@@ -186,7 +187,12 @@ def load_sweep(config: str) -> Sweep:
         names[run.name] = run
         runs.append(run)
 
-    module.sweep(add)
+    try:
+        module.sweep(add)
+    except ValueError:
+        raise  # add()'s and product()'s own, which name the run or the key
+    except Exception as e:  # the user's sweep function failed: name its file (--debug: the traceback)
+        raise UserError(f"{path}: sweep(add) failed: {type(e).__name__}: {e}") from e
     if not runs:
         raise ValueError(f"{path}: sweep(add) added no runs")
     # A name shows `arg.KEY` as KEY: a field of the same name elsewhere in the sweep would read alike.
@@ -222,6 +228,9 @@ def load_module(path: str) -> Any:
     name = "clip_jax_sweep_config_" + hashlib.sha1(path.encode()).hexdigest()[:8]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # a syntax error, a failed import, ...: the file is the user's to fix
+        raise UserError(f"config file {path} does not load: {type(e).__name__}: {e}") from e
     _MODULES[key] = module
     return module

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from clip_jax.cli_errors import UserError
+
 # Entries of OpenAI's TorchScript state dicts that are hyperparameters, not weights.
 TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -183,11 +185,16 @@ def _to_numpy(t: Any) -> np.ndarray:
     return t.numpy()
 
 
+class TorchMissing(ImportError, UserError):
+    """torch is needed for this file and not installed: the user's to fix, so a command-line tool
+    reports it in one line (`clip_jax.cli_errors`); still an ImportError for code that catches those."""
+
+
 def _import_torch(path: str | os.PathLike) -> Any:
     try:
         import torch
     except ImportError:
-        raise ImportError(
+        raise TorchMissing(
             f"reading {path} needs PyTorch (it is a torch pickle or TorchScript file); install torch, "
             "or convert the checkpoint to .safetensors where torch is available"
         ) from None
