@@ -171,12 +171,105 @@ def _token_text(value: Any) -> Any:
     return value["content"] if isinstance(value, Mapping) else value
 
 
+GEMMA_VOCAB_FILE = "tokenizer.model"
+# Gemma's special pieces, which HF splits out of the text as added tokens (sentencepiece would spell them).
+_GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+
+
+class GemmaSiglipTokenizer:
+    """SigLIP 2's tokenizer: Gemma's sentencepiece model (`tokenizer.model`, 256000 pieces), id-for-id
+    HF's GemmaTokenizer as SigLIP 2's fixed-resolution checkpoints configure it (add_bos_token False,
+    add_eos_token True, padding on the right) with `padding="max_length", truncation=True`: the text's
+    pieces, cut to context_length - 1, then `<eos>`, then `<pad>` (id 0) to the context.
+
+    Case: big_vision trained SigLIP 2 on lowercased text. HF's GemmaTokenizer keeps the case (its SigLIP 2
+    docs ask the caller to lowercase), its later Siglip2Tokenizer lowercases; `lower` chooses, and
+    `from_directory` follows the directory's tokenizer_config.json (lowercase unless it names
+    GemmaTokenizer). Special pieces written in the text (`<eos>`, `<unk>`, ...) become their ids, as in HF.
+    """
+
+    def __init__(
+        self, vocab_file: str | os.PathLike, context_length: int = DEFAULT_CONTEXT_LENGTH, lower: bool = True
+    ) -> None:
+        import sentencepiece
+
+        self.context_length = context_length
+        self.lower = lower
+        self.sp = sentencepiece.SentencePieceProcessor()
+        self.sp.Load(str(vocab_file))
+        self.vocab_size = self.sp.get_piece_size()
+        self.special_ids = {
+            t: self.sp.piece_to_id(t)
+            for t in _GEMMA_SPECIALS
+            if self.sp.id_to_piece(self.sp.piece_to_id(t)) == t
+        }
+        missing = [t for t in ("<pad>", "<eos>") if t not in self.special_ids]
+        if missing:
+            raise ValueError(
+                f"{vocab_file}: {missing} are not pieces of the sentencepiece model (Gemma's are)"
+            )
+        self.pad_id, self.eos_id = self.special_ids["<pad>"], self.special_ids["<eos>"]
+        specials = sorted(self.special_ids, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(re.escape(t) for t in specials) + ")")
+
+    @classmethod
+    def from_directory(
+        cls, directory: str | os.PathLike, context_length: int | None = None
+    ) -> GemmaSiglipTokenizer:
+        """The tokenizer of a HF SigLIP 2 directory: tokenizer.model, and tokenizer_config.json if any (which
+        must keep Gemma's SigLIP 2 settings: no BOS, EOS added)."""
+        directory = Path(directory)
+        config: dict[str, Any] = {}
+        path = directory / "tokenizer_config.json"
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            bad = {
+                k: config[k]
+                for k, ok in (("add_bos_token", False), ("add_eos_token", True))
+                if config.get(k, ok) != ok
+            }
+            if bad:
+                raise ValueError(
+                    f"{path}: {bad} differ from SigLIP 2's (add_bos_token false, add_eos_token true)"
+                )
+        if context_length is None:
+            context_length = int(config.get("model_max_length", DEFAULT_CONTEXT_LENGTH))
+        lower = config.get("tokenizer_class", "Siglip2Tokenizer") != "GemmaTokenizer"
+        return cls(directory / GEMMA_VOCAB_FILE, context_length, lower=lower)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` without EOS, truncation or padding."""
+        ids: list[int] = []
+        for i, part in enumerate(self._split.split(text)):
+            if i % 2:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids.extend(self.sp.encode(part.lower() if self.lower else part))
+        return ids
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+        """int32 [N, context_length]: ids truncated to leave room for EOS, EOS, then pad ids."""
+        if isinstance(texts, str):
+            texts = [texts]
+        length = context_length or self.context_length
+        if length < 1:
+            raise ValueError(f"context_length must be positive, got {length}")
+        out = np.full((len(texts), length), self.pad_id, np.int32)
+        for row, text in enumerate(texts):
+            ids = self.encode(text)[: length - 1] + [self.eos_id]
+            out[row, : len(ids)] = ids
+        return out
+
+
 def find_siglip_tokenizer(
     weights: str | os.PathLike, context_length: int | None = None
-) -> SiglipTokenizer | None:
-    """The SigLIP tokenizer beside a weights file or in a model directory (its spiece.model), else None."""
+) -> SiglipTokenizer | GemmaSiglipTokenizer | None:
+    """The SigLIP tokenizer beside a weights file or in a model directory (SigLIP's spiece.model, SigLIP 2's
+    Gemma tokenizer.model), else None."""
     path = Path(weights)
     directory = path if path.is_dir() else path.parent
-    if not (directory / VOCAB_FILE).is_file():
-        return None
-    return SiglipTokenizer.from_directory(directory, context_length)
+    if (directory / VOCAB_FILE).is_file():
+        return SiglipTokenizer.from_directory(directory, context_length)
+    if (directory / GEMMA_VOCAB_FILE).is_file():
+        return GemmaSiglipTokenizer.from_directory(directory, context_length)
+    return None

@@ -233,3 +233,131 @@ def test_big_vision_npz_unknown_and_missing_keys_are_named(tmp_path):
         load_pretrained("tiny-siglip", tmp_path / "b.npz")
     message = str(info.value)
     assert "img/extra/kernel" in message and "text_projection.bias" in message
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HF SigLIP 2: fixed-resolution directories (model_type "siglip", Gemma tokenizer.model) load; NaFlex does not
+# ----------------------------------------------------------------------------------------------------------
+
+GEMMA_WORDS = (
+    "a photo of the cat dog bird car tree red blue green big small on in with and picture Café naïve".split()
+)
+HARD_TEXTS = [
+    "a photo of a cat",
+    "A Photo  of THE dog!!",
+    "",
+    "   leading and trailing   spaces ",
+    "tabs\tand\nnewlines",
+    "café ☕ naïve — façade 12.5% OFF 2024",
+    "a cat <eos> dog",
+    "<bos> first",
+    "x<unk>y <mask>",
+    "a\u2581b \u2581c",
+    " ".join(["a very long caption that is truncated"] * 20),
+]
+
+
+def train_gemma_like_spiece(path: Path) -> None:
+    """A small BPE sentencepiece model with Gemma's settings (special pieces <pad> 0, <eos> 1, <bos> 2,
+    <unk> 3, <mask> 4; byte fallback, digits split, no dummy prefix, whitespace kept)."""
+    import io
+    import random
+
+    spm = pytest.importorskip("sentencepiece")
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(GEMMA_WORDS) for _ in range(rng.randint(2, 10))) for _ in range(3000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=300,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=["<mask>"],
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+
+
+@pytest.fixture(scope="module")
+def siglip2_dir(tmp_path_factory):
+    """A HF SigLIP 2 fixed-resolution directory at its real vocabulary (256000) with tiny widths, every
+    parameter random, and a Gemma-like tokenizer.model with SigLIP 2's tokenizer_config.json."""
+    transformers = pytest.importorskip("transformers")
+    from clip_jax.weights.hf import siglip_config_to_hf
+
+    directory = tmp_path_factory.mktemp("siglip2")
+    cfg = get_model_config("tiny-siglip")
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=256000))
+    ref = transformers.SiglipModel(transformers.SiglipConfig(**siglip_config_to_hf(cfg)))
+    randomize_every_parameter(ref, 5).eval().save_pretrained(directory, safe_serialization=True)
+    train_gemma_like_spiece(directory / "tokenizer.model")
+    config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True}
+    config |= {"padding_side": "right", "model_max_length": 64}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return ref, directory, cfg
+
+
+def test_hf_siglip2_fixed_resolution_parity_and_gemma_tokenizer(siglip2_dir):
+    """config.json names the config (vocabulary 256000); the Gemma tokenizer gives HF's ids (as HF's
+    GemmaTokenizer, case kept: what the directory's tokenizer_config.json names), and the model HF's
+    features and logits on them."""
+    transformers = pytest.importorskip("transformers")
+    from clip_jax.siglip_tokenizer import GemmaSiglipTokenizer, find_siglip_tokenizer
+
+    ref, directory, cfg = siglip2_dir
+    model, params = load_pretrained(None, directory)
+    assert model.cfg == cfg
+    ours = find_siglip_tokenizer(directory)
+    assert isinstance(ours, GemmaSiglipTokenizer) and not ours.lower
+    hf = transformers.AutoTokenizer.from_pretrained(str(directory))
+    assert (ours.pad_id, ours.eos_id) == (hf.pad_token_id, hf.eos_token_id) == (0, 1)
+    want = hf(HARD_TEXTS, padding="max_length", truncation=True, max_length=64)["input_ids"]
+    got = ours(HARD_TEXTS)
+    for text, w, g in zip(HARD_TEXTS, want, got, strict=True):
+        assert list(g) == w, text
+    assert got[-1, -1] == ours.eos_id and got[0, -1] == ours.pad_id and 3 in got[8]  # truncation, pad, <unk>
+    # Lowercased as big_vision trained SigLIP 2 (HF's Siglip2Tokenizer): HF's ids of the lowercased text.
+    lower = GemmaSiglipTokenizer(directory / "tokenizer.model", lower=True)
+    lowered = [t.replace("<EOS>", "<eos>") for t in (x.lower() for x in HARD_TEXTS)]
+    want_lower = hf(lowered, padding="max_length", truncation=True, max_length=64)["input_ids"]
+    assert [list(r) for r in lower(HARD_TEXTS)] == want_lower
+    assert list(lower(["A Photo"])[0]) != list(ours(["A Photo"])[0])
+
+    rng = np.random.default_rng(6)
+    images = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
+    tokens = got[:3]
+    img, txt, scale, bias = model.apply({"params": params}, images, tokens)
+    with torch.no_grad():
+        out = ref(
+            input_ids=torch.from_numpy(tokens).long(),
+            pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2),
+        )
+    assert_rel_close(img, out.image_embeds.numpy())
+    assert_rel_close(txt, out.text_embeds.numpy())
+    assert_rel_close(scale * img @ txt.T + bias, out.logits_per_image.numpy())
+
+
+def test_hf_siglip2_naflex_is_refused_naming_the_fixed_resolution_checkpoint(siglip2_dir, tmp_path):
+    _, directory, _ = siglip2_dir
+    config = json.loads((directory / "config.json").read_text())
+    config["model_type"] = "siglip2"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
+    with pytest.raises(ValueError, match=r"NaFlex.*fixed-resolution checkpoint.*siglip2-base-patch16-224"):
+        load_pretrained(None, tmp_path)
