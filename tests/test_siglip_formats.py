@@ -361,3 +361,22 @@ def test_hf_siglip2_naflex_is_refused_naming_the_fixed_resolution_checkpoint(sig
     (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
     with pytest.raises(ValueError, match=r"NaFlex.*fixed-resolution checkpoint.*siglip2-base-patch16-224"):
         load_pretrained(None, tmp_path)
+
+
+def test_export_siglip_hf_round_trip(siglip2_dir, tmp_path):
+    """export_siglip_hf writes a directory transformers.SiglipModel.from_pretrained loads, its tensors those
+    of the original HF model, with the tokenizer files beside them (clip_jax reads it back the same)."""
+    transformers = pytest.importorskip("transformers")
+    from clip_jax.weights.hf import export_siglip_hf
+
+    ref, directory, cfg = siglip2_dir
+    model, params = load_pretrained(None, directory)
+    out = export_siglip_hf(params, model.cfg, tmp_path / "export", tokenizer_dir=directory)
+    loaded = transformers.SiglipModel.from_pretrained(out)
+    want = ref.state_dict()
+    for key, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), want[key].numpy(), err_msg=key)
+    assert (out / "tokenizer.model").is_file()
+    again, params_again = load_pretrained(None, out)
+    assert again.cfg == cfg
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_again, params)))

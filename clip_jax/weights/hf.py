@@ -368,3 +368,65 @@ def siglip_config_from_hf(hf_config: Mapping[str, Any]) -> CLIPConfig:
         init_logit_bias=-10.0,
         init_logit_scale=math.log(10),
     )
+
+
+# Tokenizer and preprocessing files a HF SigLIP directory carries beside its weights.
+SIGLIP_SIDE_FILES = (
+    "spiece.model",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+
+
+def export_siglip_hf(
+    params: Mapping[str, Any], cfg: CLIPConfig, out_dir: Any, tokenizer_dir: Any = None
+) -> Any:
+    """Write a SigLIP model (clip_jax params, per layer or scanned) as a HF SiglipModel directory
+    (config.json, model.safetensors) that `transformers.SiglipModel.from_pretrained` loads, with the
+    tokenizer and preprocessor files of `tokenizer_dir` (a SigLIP checkpoint directory) copied beside them.
+    The inverse of `hf_to_open_clip` for SigLIP's keys: q, k and v split again, the probe [1, 1, W]."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from clip_jax.models.transformer import unstack_layers
+    from clip_jax.weights import open_clip
+
+    if cfg.family != "siglip" or cfg.vision.resnet:
+        raise ValueError("export_siglip_hf writes SigLIP models (MAP-pooled ViT, SigLIP text tower) only")
+    config = {"model_type": "siglip", "architectures": ["SiglipModel"], **siglip_config_to_hf(cfg)}
+    sd = open_clip.params_to_state_dict(unstack_layers(dict(params)))
+    inverse = {v: k for k, v in _SINGLE.items()}
+    out: dict[str, np.ndarray] = {}
+    layer = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
+    blocks = {v: k for k, v in _BLOCK.items()}
+    for key, value in sd.items():
+        value = np.ascontiguousarray(value)
+        if key == _PROBE[1]:
+            out[_PROBE[0]] = value.reshape((1, *value.shape))
+        elif key in inverse:
+            out[inverse[key]] = value
+        elif m := layer.match(key):
+            visual, idx, name, leaf = m.groups()
+            prefix = f"{'vision_model' if visual else 'text_model'}.encoder.layers.{idx}."
+            out[prefix + blocks[name] + "." + leaf] = value
+        elif m := re.match(r"^(visual\.)?transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
+            visual, idx, leaf = m.groups()
+            prefix = f"{'vision_model' if visual else 'text_model'}.encoder.layers.{idx}.self_attn."
+            for part, chunk in zip("qkv", np.split(value, 3, axis=0), strict=True):
+                out[f"{prefix}{part}_proj.{leaf}"] = np.ascontiguousarray(chunk)
+        else:
+            raise ValueError(f"{key}: no HF SiglipModel name for this parameter")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if tokenizer_dir is not None:
+        for name in SIGLIP_SIDE_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, out_dir / name)
+    return out_dir
