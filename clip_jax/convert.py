@@ -23,6 +23,7 @@ import numpy as np
 from clip_jax.cli_errors import UserError, one_line, run_cli
 from clip_jax.models.config import get_model_config
 from clip_jax.weights import export_open_clip, load_params_checked, params_io, save_params
+from clip_jax.weights.hf_export import convert_to_hf
 from clip_jax.weights.identify import describe
 
 
@@ -64,9 +65,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--output", required=True, help="orbax params directory or .safetensors file")
     parser.add_argument(
         "--format",
-        choices=("orbax", "safetensors"),
+        choices=("orbax", "safetensors", "hf"),
         default=None,
-        help="output format (default: safetensors for a .safetensors output, else orbax)",
+        help="output format (default: safetensors for a .safetensors output, else orbax); hf: a transformers "
+        "directory (CLIPModel, or CLIPTextModel[WithProjection] for a text-only input) with tokenizer files",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing orbax checkpoint")
     args = parser.parse_args(argv)
@@ -77,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
     check_output(args.output, fmt, args.force)
+    if fmt == "hf":
+        out, architecture = convert_to_hf(args.input, args.output, args.model, args.quick_gelu, force=args.force)
+        print(f"converted {args.input}: {architecture} -> {out} (hf)")
+        return out
     cfg, params = load_params_checked(args.input, args.model, args.quick_gelu, param_dtype=np.float32)
     try:
         if fmt == "safetensors":

@@ -26,7 +26,7 @@ REL = 1e-4
 PROMPTS = [
     "a photograph of an astronaut riding a horse",
     "",
-    "A Watercolor of a lighthouse, at dusk!",
+    "A Watercolor of a lighthouse, at dusk.",
     " ".join(["a very long prompt that is cut at seventy seven tokens"] * 10),
 ]
 # name: (CLIPTextConfig fields, with projection)
