@@ -18,7 +18,8 @@ CORE = [
     "pillow>=10",
     "numpy>=1.26",
     "tqdm>=4.66",
-    "tensorboardX>=2.6",
+    "tensorboardX>=2.6",  # writes the event files (config.report_to "tensorboard")
+    "tensorboard>=2.21,<2.22",  # reads them: `tensorboard --logdir WORKDIR`, as the README says
     "matplotlib>=3.8",
     "absl-py>=2.1",
     "submitit>=1.5.4,<2",  # clip_jax.sweep: local and Slurm executors
@@ -29,7 +30,11 @@ CORE = [
     "braceexpand>=0.1.7",  # webdataset shard lists ("{00000..00099}.tar"), expanded as open_clip does
 ]
 
+# Weights & Biases for config.report_to=("wandb",): `pip install -e '.[wandb]'`.
+WANDB = ["wandb>=0.31,<0.32"]
+
 TEST = [
+    *WANDB,  # tested offline (WANDB_MODE=offline)
     "pytest>=8",
     "pytest-xdist>=3.8",
     "ruff>=0.15",
@@ -56,5 +61,5 @@ setup(
     package_data={"clip_jax": ["assets/*", "eval/metadata/*.json", "eval/metadata/*.md"]},
     python_requires=">=3.10",
     install_requires=CORE,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "wandb": WANDB},
 )

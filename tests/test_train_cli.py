@@ -6,6 +6,7 @@ never starts); two subprocesses check what a user sees at the real command line.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -178,3 +179,27 @@ def test_command_line_help_and_error(env, tmp_path):
     assert bad.stderr.strip().splitlines() == [bad.stderr.strip()], bad.stderr
     assert "config.data.source" in bad.stderr and "random" in bad.stderr
     assert not workdir.exists()
+
+
+def test_metrics_reach_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
+    """config.report_to=("tensorboard", "wandb"): both get the run's train/ scalars (wandb offline)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    c = default_config()
+    c.model, c.batch_size, c.total_steps, c.warmup_steps, c.log_every = "tiny", 8, 2, 1, 1
+    c.checkpoint_every, c.report_to = 2, ("tensorboard", "wandb")
+    workdir = tmp_path / "run"
+    loop.train(c, str(workdir))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(workdir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+    # wandb 0.31 keeps no Python reader of its .wandb record log: its history records hold each key
+    # and value as JSON text, so the logged keys and the final loss must appear in the file's bytes.
+    (records,) = workdir.glob("wandb/offline-run-*/run-*.wandb")
+    data = records.read_bytes()
+    last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("train/loss", "train/grad_norm"):
+        assert key.encode() in data
+    assert json.dumps(last["loss"]).encode() in data

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 import traceback
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import ml_collections
 import submitit
 
+from clip_jax.machine import cpu_name
 from clip_jax.sweep import status
 
 
@@ -58,6 +58,10 @@ class TrainJob(submitit.helpers.Checkpointable):
                 attempt_start=time.time(),
                 attempts=int(previous.get("attempts", 0)) + 1,
                 error=None,
+                # What a run's floats depend on besides its config: the CPU kind and how many CPUs XLA
+                # partitioned its loops for (see pin_to_cpus).
+                cpu=cpu_name(),
+                threads=compute_threads(),
             )
         signals = _StopOnSignal(multi_process=env.num_tasks > 1)
         try:
@@ -81,7 +85,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         return "preempted"
 
     def _train(self, distributed: bool) -> Any:
-        _import_tensorboardx_without_torch()
         from clip_jax.train.loop import train
 
         if distributed:
@@ -102,19 +105,6 @@ def join_processes() -> None:
     jax.distributed.initialize(**kwargs)
 
 
-def _import_tensorboardx_without_torch() -> None:
-    """tensorboardX imports torch, when installed, only to accept torch tensors: seconds of CPU at the
-    start of every run. Loaded with torch hidden, it takes numpy arrays alone; torch stays importable
-    (e.g. for config.init_from of a .pt file)."""
-    if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        return
-    sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
-        import tensorboardX  # noqa: F401
-    finally:
-        del sys.modules["torch"]
-
-
 def _end_attempt(workdir: str, **fields: Any) -> None:
     state = status.read(workdir)
     start = state.get("attempt_start")
@@ -123,12 +113,25 @@ def _end_attempt(workdir: str, **fields: Any) -> None:
 
 
 def pin_to_cpus(cpus: list[int]) -> None:
-    """Keep this process and the thread pools it will start (XLA, TensorFlow, OpenMP) on `cpus`."""
+    """Keep this process and the thread pools it will start (XLA, TensorFlow, OpenMP) on `cpus`.
+
+    The number of CPUs changes the numbers a run computes, not only its speed: XLA's CPU compiler
+    splits loop fusions (reductions such as the bias gradients included) into as many parallel parts as
+    the process may use CPUs (`outer_dimension_partitions` in the optimised HLO), which changes the order
+    of float additions. A run on 1 CPU and the same run on 2 differ in the last bits after the first
+    step, and visibly after 100. So the count, not only the placement, is what a sweep must hold fixed
+    (LocalOptions.cpus_per_run); the tf.data input is the same bits on any count (measured).
+    """
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     n = str(len(cpus))
     for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = n
+
+
+def compute_threads() -> int:
+    """The CPUs this process may run on: the parallelism XLA compiles for (tsl's NumSchedulableCPUs)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class _StopOnSignal:

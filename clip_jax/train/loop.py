@@ -27,6 +27,7 @@ from clip_jax.train.config import validate_config
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.prefetch import Prefetcher
 from clip_jax.train.progress import Progress
+from clip_jax.train.report import Reporters
 from clip_jax.train.step import (
     TrainState,
     init_rngs,
@@ -300,11 +301,8 @@ class TrainLoop:
         if self._sync_manager is None:
             self._old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_main else None
-        self.tb = None
-        if is_main:
-            from tensorboardX import SummaryWriter
-
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # config.report_to's writers (TensorBoard, wandb), on the process that writes the logs.
+        self.report = Reporters(config, workdir) if is_main else None
 
     def _on_sigterm(self, signum, frame):
         log.warning("SIGTERM received: saving a checkpoint and stopping")
@@ -430,9 +428,7 @@ class TrainLoop:
             return
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
-        for k, v in record.items():
-            if k != "step":
-                self.tb.add_scalar(f"train/{k}", v, step)
+        self.report.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"})
 
     def _evaluate(self, step: int, state: TrainState, progress: Progress) -> None:
         """Every evaluation of config.evals on the current params, logged as eval/<name>/<metric>."""
@@ -458,8 +454,7 @@ class TrainLoop:
         record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
-        for k, v in results.items():
-            self.tb.add_scalar(f"eval/{k}", v, step)
+        self.report.scalars(step, {f"eval/{k}": v for k, v in results.items()})
         log.debug("step %d eval: %s", step, results)
 
     def close(self) -> None:
@@ -467,8 +462,8 @@ class TrainLoop:
             signal.signal(signal.SIGTERM, self._old_handler)
         if self.metrics_file:
             self.metrics_file.close()
-        if self.tb:
-            self.tb.close()
+        if self.report:
+            self.report.close()
 
 
 class _Placed:
