@@ -506,3 +506,111 @@ def test_checkpoint_dir_skips_an_incomplete_step_and_refuses_another_model(tmp_p
         match=r"does not hold this model: \S+ has shape \([\d, ]+\) in the checkpoint, \([\d, ]+\) in the",
     ):
         cli.load_model(args("ViT-B-32"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_dir, tmp_path_factory) -> Path:
+    """A training workdir as the README's main job makes it (configs/synthetic_tiny.py, the model inline
+    in its config.json), trained 2 steps on the tiny synthetic split at a smaller width."""
+    from clip_jax.sweep.spec import load_module
+    from clip_jax.train.loop import train
+
+    config = load_module(str(ROOT / "configs" / "synthetic_tiny.py")).get_config(
+        "steps=2,batch=8,warmup=1,width=32,layers=1"
+    )
+    config.data.name, config.data.data_dir, config.data.shuffle_buffer = "tiny", synth_dir, 16
+    config.evals = {}
+    workdir = tmp_path_factory.mktemp("runs") / "synthetic_tiny"
+    train(config, str(workdir))
+    return workdir
+
+
+def _run_params(run: Path):
+    """The run's model (from its config.json, by the trainer's own resolution) and its step-2 params."""
+    from clip_jax.checkpoint import restore_params
+    from clip_jax.models import CLIP
+    from clip_jax.train.config import resolve_model_config
+
+    cfg = resolve_model_config(json.loads((run / "config.json").read_text())["model"])
+    params, step_dir = restore_params(run)
+    assert step_dir.name == "2"
+    return CLIP(cfg), params
+
+
+@pytest.mark.parametrize(
+    "tool, args",
+    [
+        (zeroshot, ["--dataset", SYNTH, "--task", "shape"]),
+        (linear_probe, ["--dataset", SYNTH, "--task", "color", "--C", "1.0"]),
+        (retrieval, ["--dataset", SYNTH, "--split", "test"]),
+        ("robustness", ["--dataset", SYNTH, "--splits", "test,noise", "--task", "shape"]),
+    ],
+    ids=["zeroshot", "linear_probe", "retrieval", "robustness"],
+)
+def test_eval_clis_evaluate_a_training_workdir_without_model(tool, args, tiny_run, synth_dir, monkeypatch):
+    """--checkpoint WORKDIR (relative, absolute, its checkpoints/ or its step folder): the model comes from
+    the workdir's config.json (an inline model no --model names), and the numbers are the evaluator's on
+    the run's own params."""
+    from clip_jax.eval import robustness
+    from clip_jax.eval.common import evaluator_class
+
+    tool = robustness if tool == "robustness" else tool
+    common = [*args, "--data-dir", synth_dir, "--batch-size", "16", "--max-batches", "2"]
+    monkeypatch.chdir(tiny_run.parent)
+    forms = ["synthetic_tiny", str(tiny_run)]
+    if tool is zeroshot:
+        forms += ["synthetic_tiny/checkpoints", str(tiny_run / "checkpoints" / "2")]
+    results = [tool.main(["--checkpoint", form, *common]) for form in forms]
+    results = [r if isinstance(r, list) else [r] for r in results]
+    for records in results:
+        assert [r["metrics"] for r in records] == [r["metrics"] for r in results[0]]
+        assert {(r["model"], r["pretrained"]) for r in records} == {("custom", "synthetic_tiny@2")}
+
+    # The same evaluation built from the run's config and params by hand.
+    model, params = _run_params(tiny_run)
+    kind = {zeroshot: "zeroshot", linear_probe: "linear_probe", retrieval: "retrieval"}.get(
+        tool, "robustness"
+    )
+    parser_args = dict(zip(args[::2], args[1::2], strict=True))
+    fields = {k.lstrip("-").replace("-", "_"): v for k, v in parser_args.items()}
+    fields |= {"data_dir": synth_dir, "batch_size": 16, "max_batches": 2}
+    if "C" in fields:
+        fields["C"] = float(fields["C"])
+    metrics = evaluator_class(kind)(fields, model).run(params)
+    got = results[0][0]["metrics"] if tool is not robustness else {r["dataset"]: r for r in results[0]}
+    if tool is robustness:
+        for split, m in metrics["datasets"].items():
+            assert got[split]["metrics"]["acc1"] == m["acc1"]
+    else:
+        assert {k: got[k] for k in metrics if not isinstance(metrics[k], (list, dict))} == {
+            k: v for k, v in metrics.items() if not isinstance(v, (list, dict))
+        }
+
+
+def test_predict_and_convert_take_a_training_workdir(tiny_run, monkeypatch, capsys):
+    """predict and convert read the run's model from its config.json, relative or absolute; convert's
+    output holds exactly the run's params and loads back without --model."""
+    import jax
+    from PIL import Image
+
+    from clip_jax import convert, predict
+    from clip_jax.weights import load_pretrained
+
+    model, params = _run_params(tiny_run)
+    monkeypatch.chdir(tiny_run.parent)
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save("grey.png")
+    labels = "a photo of a red circle,a photo of a blue square,a photo of a green triangle"
+    want = predict.predict(model, params, "grey.png", labels.split(","))
+    for form in ("synthetic_tiny", str(tiny_run / "checkpoints" / "2")):
+        got = predict.main(["--checkpoint", form, "--image", "grey.png", "--labels", labels])
+        assert np.array_equal(got, want)
+
+    out = convert.main(["--checkpoint", "synthetic_tiny", "--output", "exported/tiny.safetensors"])
+    assert "custom(vision 1x32 p8@32" in capsys.readouterr().out
+    loaded_model, loaded = load_pretrained(None, out)  # its open_clip_config.json says the model
+    assert loaded_model.cfg == model.cfg
+    leaves = zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True)
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    assert all(np.array_equal(np.asarray(a), b) for a, b in leaves)
+    orbax = convert.main(["--checkpoint", str(tiny_run), "--output", str(tiny_run.parent / "orbax_out")])
+    assert load_pretrained(None, orbax)[0].cfg == model.cfg

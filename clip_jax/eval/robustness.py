@@ -629,20 +629,35 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     cli.add_common_args(parser)
     parser.add_argument(
         "--datasets",
-        default=",".join(("imagenet1k",) + metadata.IMAGENET_SHIFTS),
-        help="comma-separated; the first is the reference. ObjectNet needs --objectnet-dir",
+        default=None,
+        help="comma-separated; the first is the reference. ObjectNet needs --objectnet-dir (default: "
+        f"{','.join(('imagenet1k',) + metadata.IMAGENET_SHIFTS)})",
+    )
+    parser.add_argument(
+        "--dataset", default=None, help="with --splits: the dataset whose splits are the shifts"
+    )
+    parser.add_argument(
+        "--splits",
+        default=None,
+        help="comma-separated splits of --dataset, the first the reference (clip_synthetic's shifts: "
+        "test,heldout,sketch,new_background,noise,new_texture)",
     )
     cli.add_template_arg(parser)
     parser.add_argument("--classifier-cache", default=None)
     parser.add_argument("--plot", default=None, help="PNG path for the effective-robustness plot")
     parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
     args = parser.parse_args(argv)
+    if args.splits is not None and (args.datasets is not None or not args.dataset):
+        raise UserError("--splits needs --dataset (the dataset they split) and no --datasets")
+    if args.splits is None:
+        args.datasets = args.datasets or RobustnessConfig.datasets
     if args.plot and not Path(args.published).is_file():  # read only for the plot, after the evaluation
         raise UserError(f"--published {args.published} is not a file (the published numbers the plot shows)")
 
     model, params, ident = cli.load_model(args)
     fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
-    evaluator = cli.build(Robustness, fields | {"datasets": args.datasets}, model, ident.inputs)
+    shifts = {"splits": args.splits} if args.splits else {"datasets": args.datasets}
+    evaluator = cli.build(Robustness, fields | shifts, model, ident.inputs)
     report = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
     records = report_records(report, ident.model, ident.pretrained, args.preprocess, ident.inputs.transform)
     if jax.process_index() == 0:
