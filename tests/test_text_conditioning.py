@@ -178,3 +178,46 @@ def test_two_tower_loader_points_text_only_checkpoints_to_load_text_encoder(save
     _, _, path = saved_encoder
     with pytest.raises(ValueError, match="text-only.*load_text_encoder"):
         load_pretrained(None, path)
+
+
+def test_conditioning_api_equals_transformers(saved_encoder):
+    """encode_prompts: positive and negative prompts from one pass equal transformers' outputs for the same
+    ids: last_hidden_state (SD 1/2), final_layer_norm(hidden_states[-2]) (clip_skip=1), hidden_states[-2]
+    and text_embeds (SDXL's second encoder)."""
+    from clip_jax.conditioning import SD1, SD2, SDXL_ENCODER_2, encode_prompts
+
+    name, ref, path = saved_encoder
+    model, params = load_text_encoder(path)
+    prompts, negative = PROMPTS[:2], "low quality"
+    inner = getattr(ref, "text_model", ref)
+    for encoding in (SD1, SD2, SD1.with_clip_skip(1)) + ((SDXL_ENCODER_2,) if name == "sdxl2" else ()):
+        cond = encode_prompts(model, params, prompts, negative, encoding)
+        for ours, texts in ((cond.prompt_embeds, prompts), (cond.negative_prompt_embeds, [negative] * 2)):
+            ids = torch.from_numpy(tokenize(texts, pad_token=encoding.pad_token)).long()
+            with torch.no_grad():
+                out = inner(input_ids=ids, output_hidden_states=True)
+                expected = out.hidden_states[encoding.layer]
+                if encoding.final_norm:
+                    expected = inner.final_layer_norm(expected)
+            assert_rel_close(ours, expected.numpy(), what=f"{encoding}")
+        if encoding.pooled:
+            with torch.no_grad():
+                expected = ref(input_ids=torch.from_numpy(tokenize(prompts, pad_token=0)).long()).text_embeds
+            assert_rel_close(cond.pooled_prompt_embeds, expected.numpy(), what="pooled")
+    assert encode_prompts(model, params, prompts, None).negative_prompt_embeds is None
+    with pytest.raises(ValueError, match="3 negative prompts for 2 prompts"):
+        encode_prompts(model, params, prompts, ["a", "b", "c"])
+
+
+def test_sd1_padding_matters(tmp_path):
+    """Why the pad token is part of the encoding: the same prompt padded with 0 and with EOT gives other
+    conditioning at the padding positions (SD's UNet attends to all 77), the same up to the EOT."""
+    from clip_jax.conditioning import SD1, SD2, encode_prompts
+
+    hf_text_model(ENCODERS["sd1"][0], False, seed=11).save_pretrained(tmp_path, safe_serialization=True)
+    model, params = load_text_encoder(tmp_path)
+    eot = PROMPTS[0].count(" ") + 2  # one token per word here
+    a = encode_prompts(model, params, PROMPTS[0], None, SD1).prompt_embeds
+    b = encode_prompts(model, params, PROMPTS[0], None, SD2).prompt_embeds
+    np.testing.assert_allclose(a[:, : eot + 1], b[:, : eot + 1], rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(a[:, eot + 1 :] - b[:, eot + 1 :]))) > 0.1 * float(jnp.max(jnp.abs(a)))
