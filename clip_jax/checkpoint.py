@@ -4,6 +4,13 @@ A checkpoint holds the TrainState (params, optimizer state, step, RNG) and the i
 position as JSON, so a resumed run sees exactly the batches it would have seen. orbax writes each
 step into a temporary directory and renames it when complete, so a checkpoint cut short by a kill is
 never picked up as the latest one.
+
+Two ways a step can fail to resume are kept apart: a step that does not *fit* the run (another model
+or optimizer layout: `CheckpointMismatch`) is refused, since training on would silently start over; a
+step that is *damaged* (a file deleted, truncated or overwritten, garbage metadata or data position) is
+moved aside to `<step>.damaged-<time>` and the previous step is tried, since that is what a user would
+do by hand. A background save that fails (disk full, permission lost) is reported at the next step by
+`raise_if_save_failed` as `CheckpointWriteError`, naming the step and the directory.
 """
 
 from __future__ import annotations
@@ -18,6 +25,14 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint whose state does not fit this run (another model or optimizer layout)."""
+
+
+class CheckpointWriteError(OSError):
+    """A background checkpoint save failed; the message names the step, the directory and the cause."""
 
 
 class Checkpointer:
@@ -40,16 +55,83 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
-        """Start an asynchronous save of `state` (a pytree of jax.Arrays) at `step`."""
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state or {}),
-            ),
-            force=force,
+    def restore_newest(
+        self, abstract_state: Any, check_data: Any = None
+    ) -> tuple[int | None, Any, dict | None]:
+        """(step, state, data) of the newest step that restores, or (None, None, None) if none does.
+
+        A step whose state does not fit `abstract_state` raises CheckpointMismatch (nothing is moved).
+        A damaged step is named in one warning, moved aside (never deleted) and the previous one tried.
+        `check_data(data)` may reject the restored data position: CheckpointMismatch refuses the run,
+        any other exception counts as damage.
+        """
+        wanted = abstract_layout(abstract_state)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            step_dir = Path(self.directory) / str(step)
+            try:
+                check_fits(step_dir, wanted)
+                state, data = self.restore(step, abstract_state)
+                if check_data is not None:
+                    check_data(data)
+                error = None
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever a damaged file raises (tensorstore, json)
+                error = e
+            if not _on_any_process(error is not None):
+                return step, state, data
+            self._set_aside_damaged(step_dir, error)
+        return None, None, None
+
+    def _set_aside_damaged(self, step_dir: Path, error: BaseException | None) -> None:
+        target = step_dir.with_name(f"{step_dir.name}.damaged-{int(time.time())}")
+        why = short_reason(error) if error is not None else "it did not restore on another process"
+        log.warning(
+            "checkpoint step %s in %s does not restore (%s); moved aside to %s and trying the previous step",
+            step_dir.name,
+            self.directory,
+            why,
+            target.name,
         )
+        if jax.process_index() == 0:
+            step_dir.rename(target)
+        _sync_processes("clip_jax.checkpoint: damaged step set aside")
+        self.manager.reload()
+
+    def raise_if_save_failed(self) -> None:
+        """Raise CheckpointWriteError if a background save has failed; cheap enough for every step
+        (it looks at orbax's finalize thread, whose failure orbax itself only raises at the next save,
+        with thousands of lines of traceback)."""
+        finalize = getattr(self.manager, "_finalize_thread", None)
+        thread = finalize.map(lambda t: t) if finalize is not None else None
+        if thread is not None and not thread.is_alive() and thread.exception is not None:
+            self._raise_write_error(thread.step(), thread.exception)
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 - the writer's own error, reported as one line
+            self._raise_write_error(self._saving, e)
+
+    def save(self, step: int, state: Any, data_state: dict | None = None, *, force: bool = False) -> bool:
+        """Start an asynchronous save of `state` (a pytree of jax.Arrays) at `step`; CheckpointWriteError
+        if the previous save failed in the background or this one cannot start."""
+        self.raise_if_save_failed()
+        try:
+            # orbax waits for the previous save here anyway; done first, its failure is named as its own.
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._raise_write_error(self._saving, e)
+        self._saving = step
+        try:
+            return self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state or {}),
+                ),
+                force=force,
+            )
+        except Exception as e:  # noqa: BLE001 - e.g. the step folder cannot be created
+            self._raise_write_error(step, e)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore into the shapes/dtypes/shardings of `abstract_state` (ShapeDtypeStructs with
@@ -64,11 +146,32 @@ class Checkpointer:
         return out["state"], dict(out["data"] or {})
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the background save; CheckpointWriteError if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            if self._write_error is None:
+                self._raise_write_error(self._saving, e)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
+
+    _write_error: CheckpointWriteError | None = None
+    _saving: int | None = None  # the step of the last save started
+
+    def _raise_write_error(self, step: int | None, error: BaseException) -> None:
+        if self._write_error is None:
+            kept = [s for s in self.manager.all_steps() if step is None or s < step]
+            self._write_error = CheckpointWriteError(
+                f"the checkpoint of step {step if step is not None else '(last save)'} could not be "
+                f"written to {self.directory} ({short_reason(error)}); the last complete checkpoint "
+                f"({'step ' + str(max(kept)) if kept else 'none yet'}) is intact: free space or fix the "
+                "directory's permissions, then rerun the same command to resume from it"
+            )
+        raise self._write_error from error
 
 
 def is_complete(step_dir: Path) -> bool:
@@ -90,6 +193,71 @@ def _set_aside_incomplete_steps(directory: Path) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("clip_jax.checkpoint: incomplete steps set aside")
+
+
+def _on_any_process(flag: bool) -> bool:
+    """`flag` or'ed over the processes, so that every process takes the same decision."""
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def short_reason(error: BaseException) -> str:
+    """The gist of `error` in one short line: tensorstore's messages run to dozens of lines of spec."""
+    text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+    if error.__cause__ is not None and str(error.__cause__).strip():
+        text += ": " + short_reason(error.__cause__)
+    text = text or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def abstract_layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'/'-joined path: (shape, dtype)} of a state tree's arrays, named as in orbax's metadata (a
+    dataclass or namedtuple field by its name, a list or tuple entry by its index)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): (tuple(v.shape), str(v.dtype)) for path, v in leaves}
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def saved_layout(step_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """abstract_layout of the state saved in a step folder, from its metadata (no array is read)."""
+    from etils import epath
+
+    tree = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state").tree
+    return abstract_layout(tree)
+
+
+def check_fits(step_dir: Path, wanted: dict) -> None:
+    """CheckpointMismatch naming the first differing entry if the step's state is not laid out as
+    `wanted` (an abstract_layout); an unreadable metadata file raises whatever reading it raised."""
+    saved = saved_layout(step_dir)
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ:
+        key = differ[0]
+        raise CheckpointMismatch(
+            f"{step_dir} does not fit this run's config: {key} is {_describe(saved.get(key))} in the "
+            f"checkpoint, {_describe(wanted.get(key))} here ({len(differ)} entries differ)"
+        )
+
+
+def _describe(entry: tuple | None) -> str:
+    return "absent" if entry is None else f"{entry[1]}{list(entry[0])}"
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -133,7 +301,8 @@ def restore_params(path: str | os.PathLike, expected: Any = None) -> tuple[Any, 
 
     from clip_jax.models import unstack_layers
 
-    root = Path(path)
+    # orbax reads no metadata from a relative path (its tree comes back None): make every path absolute.
+    root = Path(os.path.abspath(path))
     if (root / "state").is_dir() or (root / "_CHECKPOINT_METADATA").is_file():
         step_dir = root
     else:

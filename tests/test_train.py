@@ -387,6 +387,7 @@ def test_non_finite_parameters_stop_the_run_before_any_checkpoint(runs):
     assert rc != 0
     # The loss and gradients of step 1 come from the initial parameters and are finite.
     assert "FloatingPointError: non-finite updated parameters at step 1" in out, out[-4000:]
+    assert "no checkpoint saved yet" in out and "step None" not in out
     assert checkpoint_steps(workdir) == []
 
 

@@ -146,6 +146,11 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         return self._skipped
 
     @property
+    def records_per_epoch(self) -> int | None:
+        """Records this process reads per epoch, when the source knows (for the trainer's log)."""
+        return self._epoch_records
+
+    @property
     def epoch(self) -> int:
         return self._epoch
 

@@ -82,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 10  # steps between metrics lines (metrics.jsonl, TensorBoard / wandb)
     c.prefetch = 2  # batches of a tf.data input read and placed on the devices ahead, in a thread (0: off)
     c.eval_every = 0  # 0: only at the end (if evaluations are configured)
+    c.strict_resume = False  # refuse to resume with an lr, schedule, data... other than config.json's
     # Where metrics go besides WORKDIR/metrics.jsonl, as open_clip's --report-to: "tensorboard"
     # (WORKDIR/tensorboard), "wandb" (Weights & Biases: pip install wandb; WANDB_MODE=offline works).
     c.report_to = ("tensorboard",)
@@ -251,6 +252,18 @@ def validate_config(config: ml_collections.ConfigDict) -> CLIPConfig:
 
         tokenizer_source(model_cfg, config.tokenizer, config.init_from)
     return model_cfg
+
+
+def check_batch_fits_devices(config: ml_collections.ConfigDict, batch_devices: int) -> None:
+    """ValueError naming config.batch_size unless every micro-batch splits evenly over the devices the
+    batch is sharded on (mesh data x fsdp): JAX would otherwise fail only at the first batch."""
+    unit = batch_devices * config.accum_steps
+    if config.batch_size % unit:
+        per = f"{config.accum_steps} micro-batches (config.accum_steps) x " if config.accum_steps > 1 else ""
+        raise ValueError(
+            f"config.batch_size={config.batch_size} does not split over {per}{batch_devices} batch devices "
+            f"(mesh data x fsdp); use a multiple of {unit}"
+        )
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:

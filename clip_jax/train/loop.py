@@ -21,12 +21,13 @@ import ml_collections
 import numpy as np
 
 from clip_jax import sharding
-from clip_jax.checkpoint import Checkpointer, abstract_like
+from clip_jax.checkpoint import Checkpointer, CheckpointMismatch, abstract_like, latest_complete_step
 from clip_jax.models.clip import CLIP
-from clip_jax.train.config import validate_config
+from clip_jax.train.config import check_batch_fits_devices, validate_config
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.prefetch import Prefetcher
 from clip_jax.train.progress import Progress
+from clip_jax.train.resume_config import ConfigChanges, check_resume_config, describe, record_start
 from clip_jax.train.report import Reporters
 from clip_jax.train.step import (
     TrainState,
@@ -65,19 +66,29 @@ def initialize_distributed(
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | None = None) -> TrainState:
     """Run (or resume) the training described by `config` in `workdir`; returns the final state."""
     model_cfg = validate_config(config)
-    # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp. Built before anything is written,
-    # so that a mesh that does not fit the devices leaves the workdir as it was.
+    # orbax reads no metadata from a relative path; every path the run keeps is made absolute once here.
+    workdir = os.path.abspath(workdir)
+    # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp. Mesh, batch and the config's
+    # changes against the workdir's run are all checked before anything is written, so that a run
+    # refused at start leaves the workdir as it was.
     mesh = sharding.make_mesh(**config.mesh, devices=devices)
-    is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    check_batch_fits_devices(config, _batch_devices(mesh))
+    log.info("mesh %s over %d %s devices", dict(mesh.shape), mesh.devices.size, jax.default_backend())
+    changes = check_resume_config(config, workdir, resuming=_has_checkpoint(workdir))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        return _train_on_mesh(config, model_cfg, workdir, mesh, is_main)
+        return _train_on_mesh(config, model_cfg, workdir, mesh, changes)
 
 
-def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
+def _has_checkpoint(workdir: str) -> bool:
+    try:
+        latest_complete_step(os.path.join(workdir, "checkpoints"))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> TrainState:
+    is_main = jax.process_index() == 0
     # Model.
     model = CLIP(
         model_cfg,
@@ -91,6 +102,13 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
 
     # Data: each process reads its own slice of every global batch.
     data_iter = make_train_data(config, model_cfg)
+    records = getattr(data_iter, "records_per_epoch", None)
+    log.info(
+        "data: source %s, %s, batch %d",
+        config.data.source,
+        f"{records} records per epoch on this process" if records else "size unknown",
+        config.batch_size,
+    )
 
     # State: shapes from eval_shape, shardings from the parameters' logical axis names, then a jitted
     # init that writes each shard straight onto its device (no full copy of the params on one host).
@@ -125,21 +143,29 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
     abstract_state = jax.eval_shape(init_state, abstract_params)
     state_shardings = sharding.shardings_by_param_path(abstract_state, param_shardings, mesh)
 
+    state, data_state = None, None
+    if _has_checkpoint(workdir):
+        # Whether the state fits is read from the newest step's metadata before the Checkpointer (which
+        # sets incomplete steps aside) touches the workdir; a damaged step is dealt with by the restore.
+        _check_newest_fits(os.path.join(workdir, "checkpoints"), abstract_state, changes)
+    os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    start = ckpt.latest_step()
+    try:
+        start, state, data_state = ckpt.restore_newest(
+            abstract_like(abstract_state, state_shardings), check_data=_own_data_state
+        )
+    except CheckpointMismatch as e:
+        ckpt.close()
+        raise _mismatch_error(e, changes) from e
     if start is not None:
-        try:
-            state, data_state = ckpt.restore(start, abstract_like(abstract_state, state_shardings))
-        except ValueError as e:
-            raise ValueError(
-                f"cannot resume from {ckpt.directory}/{start}: it does not fit this run's config (was the "
-                f"model or optimizer changed? start a new --workdir to train a different config): {e}"
-            ) from e
-        data_iter.set_state(_own_data_state(data_state))
-        log.info("resumed from step %d in %s", start, ckpt.directory)
+        _resume_data(data_iter, _own_data_state(data_state), changes)
+        log.info("resumed from step %d of %s", start, ckpt.directory)
     else:
         params = _initial_params(config, model, init_params, param_rng, param_shardings)
         state = jax.jit(init_state, out_shardings=state_shardings)(params)
+        log.info("starting from step 0 (%s)", config.init_from or "fresh parameters")
+    if is_main:
+        record_start(workdir, config, changes, start or 0)
 
     # The step: jitted with explicit shardings and a donated state.
     use_sharded_loss = config.sharded_loss and _batch_devices(mesh) > 1
@@ -166,6 +192,44 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, is_main) -> TrainState:
     finally:
         ckpt.close()
         loop.close()
+
+
+def _check_newest_fits(directory: str, abstract_state, changes: ConfigChanges) -> None:
+    """Refuse a checkpoint laid out for another state (model, scan, freezing ...) before anything in the
+    workdir is written; a step whose metadata does not read is left to the restore, which sets it aside."""
+    from clip_jax.checkpoint import abstract_layout, check_fits
+
+    step_dir, _ = latest_complete_step(directory)
+    try:
+        check_fits(step_dir, abstract_layout(abstract_state))
+    except CheckpointMismatch as e:
+        raise _mismatch_error(e, changes) from e
+    except Exception:  # noqa: BLE001 - damaged metadata: restore_newest names it and moves it aside
+        pass
+
+
+def _mismatch_error(error: CheckpointMismatch, changes: ConfigChanges) -> ValueError:
+    fields = describe(changes.changes) if changes.changes else "none found (was config.json replaced?)"
+    return ValueError(
+        f"cannot resume: {error}; config fields that differ from the run's config.json: {fields}; "
+        "start a new --workdir to train a different config"
+    )
+
+
+def _resume_data(data_iter, own_state: dict, changes: ConfigChanges) -> None:
+    """Continue the input where the checkpoint left it. A position saved under another batch size, seed
+    or data config would not mean the same batches: refused, unless the config's changes say so (then
+    the saved epoch and position are taken as they are, and the log says it)."""
+    import inspect
+
+    try:
+        data_iter.set_state(own_state)
+    except ValueError as e:
+        lenient = "strict" in inspect.signature(data_iter.set_state).parameters
+        if not (changes.training and lenient):
+            raise ValueError(f"cannot resume the input where the checkpoint left it: {e}") from e
+        log.warning("the data position was saved with another config (%s); continuing from it as is", e)
+        data_iter.set_state(own_state, strict=False)
 
 
 def _initial_params(config, model, init_params, rng, param_shardings):
@@ -209,7 +273,7 @@ def _pretrained_params(config, model) -> dict:
     any weights file/directory clip_jax loads."""
     from clip_jax.checkpoint import restore_params
 
-    path = Path(config.init_from)
+    path = Path(os.path.abspath(config.init_from))
     if (
         (path / "checkpoints").is_dir()
         or (path / "state").is_dir()
@@ -219,11 +283,11 @@ def _pretrained_params(config, model) -> dict:
             lambda: _fresh_params(config, model.clone(scan=False), None, jax.random.key(0), None)
         )
         params, step_dir = restore_params(path, expected=expected)
-        logging.info("init_from: params of %s", step_dir)
+        log.info("init_from: params of %s", step_dir)
         return params
     from clip_jax.weights import load_pretrained
 
-    loaded_model, params = load_pretrained(config.init_from_model or None, config.init_from)
+    loaded_model, params = load_pretrained(config.init_from_model or None, str(path))
     if loaded_model.cfg != model.cfg:
         raise ValueError(
             f"config.init_from={config.init_from!r} holds model {loaded_model.cfg} but config.model is {model.cfg}"
@@ -245,9 +309,13 @@ def _all_data_states(data_iter) -> dict:
 
 
 def _own_data_state(saved: dict) -> dict:
-    states = saved.get("processes")
-    if states is None or len(states) != jax.process_count():
-        raise ValueError(
+    """This process's input position in a checkpoint's data item: another process count is a config
+    mismatch (refused); anything but a list of positions is a damaged item."""
+    states = saved.get("processes") if isinstance(saved, dict) else None
+    if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+        raise ValueError(f"the data position is not a list of per-process positions: {str(saved)[:100]}")
+    if len(states) != jax.process_count():
+        raise CheckpointMismatch(
             f"the checkpoint's data positions are for {len(states or [])} processes but this run has "
             f"{jax.process_count()}; resume with the same number of processes"
         )
@@ -318,6 +386,9 @@ class TrainLoop:
             while step < config.total_steps and not self._stop_requested(step):
                 state, metrics = step_fn(state, next(feed))
                 step += 1
+                # A background checkpoint write that failed (disk full, permissions) stops the run here,
+                # with the last complete checkpoint intact, rather than at the next save.
+                self.ckpt.raise_if_save_failed()
                 # Check the previous step while this one runs, so the check costs no pipelining.
                 if pending is not None:
                     self._check_finite(*pending)
@@ -411,8 +482,12 @@ class TrainLoop:
             values = {k: float(jax.device_get(metrics[k])) for k in ("loss", "grad_norm")}
             raise FloatingPointError(
                 f"non-finite {' and '.join(nonfinite_quantities(code))} at step {step} (loss {values['loss']}, "
-                f"gradient norm {values['grad_norm']}); stopping. Nothing of this step was saved: the last "
-                f"good checkpoint in {self.ckpt.directory} (step {self.ckpt.latest_step()}) is kept."
+                f"gradient norm {values['grad_norm']}); stopping. Nothing of this step was saved: "
+                + (
+                    f"the last good checkpoint in {self.ckpt.directory} (step {last}) is kept."
+                    if (last := self.ckpt.latest_step()) is not None
+                    else f"no checkpoint saved yet in {self.ckpt.directory}."
+                )
             )
 
     def _log(self, step: int, metrics: dict, progress: Progress, feed) -> None:
@@ -448,6 +523,7 @@ class TrainLoop:
             results.update(metrics)
             headline = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("acc1", "recall@1"))}
             progress.note(f"step {step}: eval {name} ({time.perf_counter() - start:.1f} s) {headline}")
+            log.info("step %d: eval %s (%.1f s) %s", step, name, time.perf_counter() - start, headline)
         progress.pause_rate()
         if not self.is_main:
             return

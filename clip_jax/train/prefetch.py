@@ -42,22 +42,26 @@ class Prefetcher(Iterator[Any]):
             while not self._stop.is_set():
                 batch = self._place(next(self._source))
                 item = (batch, self._source.get_state(), getattr(self._source, "num_skipped", None))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put(item)
         except StopIteration:
-            self._queue.put(_DONE)
+            self._put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
-            self._queue.put(e)
+            self._put(e)
+
+    def _put(self, item: Any) -> None:
+        """Queue `item`, giving up once close() is called (nobody will take it then)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def __iter__(self) -> Prefetcher:
         return self
 
     def __next__(self) -> Any:
-        item = self._queue.get()
+        item = self._next_item()
         if item is _DONE:
             self._queue.put(_DONE)
             raise StopIteration
@@ -65,6 +69,16 @@ class Prefetcher(Iterator[Any]):
             raise item
         batch, self._state, self._skipped = item
         return batch
+
+    def _next_item(self) -> Any:
+        # Never wait on a thread that has ended without a last word (killed by the interpreter's
+        # shutdown, or an error while queueing its error): the run must end, not hang.
+        while True:
+            try:
+                return self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the prefetch thread ended without a batch or an error") from None
 
     def get_state(self) -> Any:
         """The source's state after the last batch handed out (its initial state before the first)."""
