@@ -46,6 +46,8 @@ TEST = [
     "torchvision==0.29.1",
     "open_clip_torch>=3.0",
     "transformers>=4.45",
+    # diffusers' Stable Diffusion pipelines: the client clip_jax's exported text encoders are tested against.
+    "diffusers>=0.42",
     # open_clip's webdataset loader, the input-pipeline benchmark's reference (open_clip_train.data imports
     # pandas at module level; its reader breaks on webdataset 1.x's end-of-shard markers, and open_clip's
     # training extra pins <=0.2.86).
