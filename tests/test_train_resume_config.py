@@ -130,6 +130,23 @@ def test_check_resume_config_without_a_checkpoint_refuses_nothing(tmp_path):
     assert "config.model.embed_dim" in changes.model
 
 
+def test_strict_resume_lets_operational_fields_change(tmp_path):
+    (tmp_path / "config.json").write_text(tiny_config().to_json_best_effort())
+    config = tiny_config(log_every=5, keep_checkpoints=1, strict_resume=True)
+    config.mesh.fsdp = 2
+    changes = check_resume_config(config, str(tmp_path), resuming=True)
+    assert set(changes.changes) == {
+        "config.log_every",
+        "config.keep_checkpoints",
+        "config.strict_resume",
+        "config.mesh.fsdp",
+    }
+    assert changes.training == {}
+    config.seed = 1
+    with pytest.raises(UserError, match=r"config\.seed: 0 -> 1"):
+        check_resume_config(config, str(tmp_path), resuming=True)
+
+
 def test_relative_and_absolute_paths_restore_the_same_params(trained, monkeypatch):
     from clip_jax.checkpoint import restore_params
 

@@ -26,9 +26,26 @@ log = logging.getLogger("clip_jax.train")
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
 
-# Fields that change how a run is watched and saved, not what it trains: strict_resume lets them change.
+# Fields that change how a run is watched, saved, placed or started, not what it trains from here on:
+# strict_resume lets them change (a new mesh reshards the checkpoint; init_* only matter at step 0;
+# remat trades memory for compute on the same values).
 OPERATIONAL_FIELDS = frozenset(
-    {"log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "evals", "prefetch", "strict_resume"}
+    {
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "eval_every",
+        "evals",
+        "prefetch",
+        "strict_resume",
+        "report_to",
+        "wandb_project",
+        "mesh",
+        "remat_policy",
+        "init_from",
+        "init_from_only",
+        "init_from_model",
+    }
 )
 
 
