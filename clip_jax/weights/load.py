@@ -131,6 +131,9 @@ def load_params_checked(
     param_dtype: Any = np.float32,
 ) -> tuple[CLIPConfig, dict]:
     """(cfg, per-layer params) from any supported input, verified against the named config if any."""
+    from clip_jax.weights.pretrained import resolve_weights
+
+    path = resolve_weights(name, path)  # a pretrained tag (`--weights openai`) -> its file in the cache
     if isinstance(name, str):
         what = f"model {name!r}"
     else:
