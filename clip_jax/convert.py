@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         choices=("orbax", "safetensors", "hf"),
         default=None,
         help="output format (default: safetensors for a .safetensors output, else orbax); hf: a transformers "
-        "directory (CLIPModel, or CLIPTextModel[WithProjection] for a text-only input) with tokenizer files",
+        "directory (CLIPModel, SiglipModel, or CLIPTextModel[WithProjection] for a text-only input) with "
+        "tokenizer files",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing orbax checkpoint")
     args = parser.parse_args(argv)
@@ -80,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
             raise UserError(f"--model: {e}") from None
     check_output(args.output, fmt, args.force)
     if fmt == "hf":
-        out, architecture = convert_to_hf(args.input, args.output, args.model, args.quick_gelu, force=args.force)
+        out, architecture = convert_to_hf(
+            args.input, args.output, args.model, args.quick_gelu, force=args.force
+        )
         print(f"converted {args.input}: {architecture} -> {out} (hf)")
         return out
     cfg, params = load_params_checked(args.input, args.model, args.quick_gelu, param_dtype=np.float32)

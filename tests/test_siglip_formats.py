@@ -380,3 +380,27 @@ def test_export_siglip_hf_round_trip(siglip2_dir, tmp_path):
     again, params_again = load_pretrained(None, out)
     assert again.cfg == cfg
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params_again, params)))
+
+
+def test_convert_format_hf_writes_a_siglip_directory(siglip2_dir, tmp_path):
+    """`python -m clip_jax.convert --format hf` on a SigLIP directory writes a SiglipModel directory with the
+    tokenizer files; a SigLIP source without its sentencepiece file is refused before anything is written."""
+    transformers = pytest.importorskip("transformers")
+    from clip_jax import convert
+    from clip_jax.cli_errors import run_cli
+
+    ref, directory, _ = siglip2_dir
+    out = convert.main(["--input", str(directory), "--output", str(tmp_path / "hf"), "--format", "hf"])
+    loaded = transformers.SiglipModel.from_pretrained(out)
+    want = ref.state_dict()
+    for key, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), want[key].numpy(), err_msg=key)
+    assert (out / "tokenizer.model").is_file() and (out / "tokenizer_config.json").is_file()
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).symlink_to(directory / name)
+    argv = ["--input", str(bare), "--output", str(tmp_path / "hf2"), "--format", "hf"]
+    assert run_cli(convert.main, "clip_jax.convert", argv) == 2
+    assert not (tmp_path / "hf2").exists()

@@ -286,4 +286,21 @@ def convert_to_hf(
         out = export_hf_text_encoder(params, text_cfg, output, force=force)
         return out, text_config_to_hf(text_cfg)["architectures"][0]
     cfg, params = load.load_params_checked(path, name, quick_gelu)
+    if cfg.family == "siglip":
+        return _export_siglip(params, cfg, path, output, force), "SiglipModel"
     return export_hf(params, cfg, output, force=force), "CLIPModel"
+
+
+def _export_siglip(params: dict, cfg: CLIPConfig, source: str | os.PathLike, output, force: bool) -> Path:
+    """A SigLIP as a SiglipModel directory, with the tokenizer files of the checkpoint it came from. A
+    source without them (an open_clip file, a big_vision .npz) is refused before anything is written, naming
+    the files to put beside it: a SiglipModel directory without its sentencepiece model cannot tokenize."""
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    if not any((folder / n).is_file() for n in ("spiece.model", "tokenizer.model")):
+        raise FileNotFoundError(
+            f"{source}: no spiece.model (SigLIP) or tokenizer.model (SigLIP 2) in {folder}: put the model's "
+            "sentencepiece file there (from its HF repository) so the exported directory can tokenize"
+        )
+    directory = _prepare(output, force)
+    return hf.export_siglip_hf(params, cfg, directory, tokenizer_dir=folder)
