@@ -41,7 +41,9 @@ class TextEncoderConfig:
     @classmethod
     def from_clip(cls, cfg: CLIPConfig) -> TextEncoderConfig:
         """The text tower of a two-tower CLIP config (projected to its embed_dim)."""
-        return cls(cfg.text, cfg.embed_dim, cfg.quick_gelu, cfg.gelu_approximate, cfg.norm_eps)
+        # The tower's own GELU form, which may differ from the model's (open_clip's SigLIP 2: `open_clip_gelu`).
+        text = dataclasses.replace(cfg.text, gelu_approximate=None)
+        return cls(text, cfg.embed_dim, cfg.quick_gelu, cfg.text_gelu_approximate, cfg.norm_eps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
