@@ -20,20 +20,25 @@ from pathlib import Path
 import numpy as np
 
 from clip_jax.models.config import CLIPConfig
-from clip_jax.preprocess import OPENAI_TRANSFORM, SIGLIP_TRANSFORM, EvalTransform, read_hf_transform
+from clip_jax.preprocess import OPENAI_TRANSFORM, SIGLIP_TRANSFORM, EvalTransform
 
 Tokenizer = Callable[[Sequence[str]], np.ndarray]
 
 FAMILY_TRANSFORMS = {"clip": OPENAI_TRANSFORM, "siglip": SIGLIP_TRANSFORM}
+# The zero-shot prompts each family's authors evaluate with (clip_jax.eval.metadata.PROMPT_STYLES): OpenAI's
+# 80 ImageNet templates, or big_vision's 81 (the same and "{}") canonicalised, as its evaluators do.
+FAMILY_PROMPTS = {"clip": "openai", "siglip": "big_vision"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
     """transform: the eval image transform; tokenizer: texts -> int32 ids [N, context_length], or None for
-    CLIP's BPE (the only tokenizer that needs no file from the checkpoint)."""
+    CLIP's BPE (the only tokenizer that needs no file from the checkpoint); prompts: the zero-shot prompt
+    style ("openai" or "big_vision", `clip_jax.eval.metadata.PROMPT_STYLES`)."""
 
     transform: EvalTransform = OPENAI_TRANSFORM
     tokenizer: Tokenizer | None = None
+    prompts: str = "openai"
 
     def text_tokenizer(self, cfg: CLIPConfig) -> Tokenizer:
         """The tokenizer for `cfg`'s text tower; a ValueError saying what is missing for a SigLIP tower
@@ -92,33 +97,36 @@ def tokenizer_source(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") 
 
 def train_inputs(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") -> ModelInputs:
     """The inputs a training run feeds `cfg` and evaluates it with: the tokenizer of `tokenizer_source`
-    (its config fields), the family's eval transform, or a HF checkpoint's (init_from's directory)."""
+    (its config fields), the family's eval transform and zero-shot prompts (as `model_inputs`)."""
     source = tokenizer_source(cfg, tokenizer, init_from)
     if source is None:
-        return ModelInputs()
-    # A HF checkpoint's preprocessor_config.json, else the family's transform.
-    transform = model_inputs(cfg, init_from).transform if init_from else FAMILY_TRANSFORMS[cfg.family]
+        return ModelInputs(prompts=FAMILY_PROMPTS[cfg.family])
+    transform = FAMILY_TRANSFORMS[cfg.family]
     if source.is_file():
         from clip_jax.siglip_tokenizer import SiglipTokenizer
 
-        return ModelInputs(transform, SiglipTokenizer(source, cfg.text.context_length))
+        return ModelInputs(
+            transform, SiglipTokenizer(source, cfg.text.context_length), FAMILY_PROMPTS[cfg.family]
+        )
     from clip_jax.siglip_tokenizer import find_siglip_tokenizer
 
     found = find_siglip_tokenizer(source, cfg.text.context_length)
     if found is None:
         where = "config.tokenizer" if tokenizer else "config.init_from"
         raise ValueError(f"{where}: no sentencepiece vocabulary in {source}")
-    return ModelInputs(transform, found)
+    return ModelInputs(transform, found, FAMILY_PROMPTS[cfg.family])
 
 
 def model_inputs(cfg: CLIPConfig, weights: str | os.PathLike | None = None) -> ModelInputs:
     """The inputs of a model of `cfg` whose weights are at `weights` (a file or directory, or None).
 
-    A SigLIP model takes its tokenizer from the checkpoint's spiece.model and its transform from the
-    checkpoint's preprocessor_config.json, when they are there; everything else is the family's default
-    (`FAMILY_TRANSFORMS`). CLIP models always get OpenAI's transform, whatever a HF directory's
-    preprocessor_config.json says: it describes OpenAI's transform as HF implements it (half-way crop
-    offsets rounded down, not to even), and the weights were trained on OpenAI's.
+    A SigLIP model takes its tokenizer from the checkpoint's spiece.model (or tokenizer.model) when it is
+    there; the transform and the zero-shot prompts are the family's (`FAMILY_TRANSFORMS`,
+    `FAMILY_PROMPTS`): those its published numbers were made with. A HF directory's
+    preprocessor_config.json is not followed: for CLIP it describes OpenAI's transform as HF implements it
+    (half-way crop offsets rounded down, not to even), for SigLIP HF's PIL bicubic approximation of
+    big_vision's bilinear resize (docs/preprocessing.md measures the gap); the user may choose it
+    (`clip_jax.preprocess.NAMED_TRANSFORMS`, --transform siglip-hf-pil).
     """
     transform = FAMILY_TRANSFORMS[cfg.family]
     tokenizer = None
@@ -127,6 +135,5 @@ def model_inputs(cfg: CLIPConfig, weights: str | os.PathLike | None = None) -> M
 
         path = Path(weights)
         directory = path if path.is_dir() else path.parent
-        transform = read_hf_transform(directory, cfg.vision.image_size) or transform
         tokenizer = find_siglip_tokenizer(directory, cfg.text.context_length)
-    return ModelInputs(transform, tokenizer)
+    return ModelInputs(transform, tokenizer, FAMILY_PROMPTS[cfg.family])

@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
         default=None,
         help="activation of an open_clip checkpoint whose model is not named",
     )
+    from clip_jax.eval.cli import add_transform_arg, chosen_inputs
+
+    add_transform_arg(parser)
     args = parser.parse_args(argv)
     labels = parse_labels(args.labels)
     # The image and the model name are checked before the weights are read: a typo costs no load.
@@ -116,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> np.ndarray:
             raise UserError(f"--model: {e}") from None
     model, params = load_pretrained(args.model, args.weights, quick_gelu=args.quick_gelu)
     # A SigLIP checkpoint ships its vocabulary (spiece.model) and its transform beside its weights.
-    inputs = model_inputs(model.cfg, args.weights)
+    inputs = chosen_inputs(args, model_inputs(model.cfg, args.weights))
     probs = predict(model, params, args.image, labels, inputs.tokenizer, inputs.transform)
     width = max(len(label) for label in labels)
     print(f"Label probs for {args.image}:")

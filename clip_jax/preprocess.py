@@ -2,8 +2,11 @@
 
 Outputs are float32 HWC arrays (channels last), as the Flax vision tower takes them. Which eval transform
 a model needs is a property of its weights (`EvalTransform`): OpenAI's (resize the shortest side, centre
-crop, OpenAI's mean/std) for CLIP models, SigLIP's (a plain resize to the square, mean = std = 0.5) for
-SigLIP's; `clip_jax.inputs.model_inputs` picks it from the checkpoint.
+crop, OpenAI's mean/std) for CLIP models, SigLIP's (a plain resize to the square, values in [-1, 1]) for
+SigLIP's; `clip_jax.inputs.model_inputs` picks it from the config's family. SigLIP's published numbers
+were made with big_vision's pp ops (`decode|resize(S)|value_range(-1, 1)`: TF's bilinear resize without
+antialiasing), which `SIGLIP_TRANSFORM` computes exactly; HF's PIL backend (bicubic) is the other SigLIP
+transform of `NAMED_TRANSFORMS`; docs/preprocessing.md measures them and HF's torchvision backend.
 
 The PIL path reproduces OpenAI's / open_clip's eval preprocess bit for bit: the same PIL calls in the same
 order (resize the shortest side with PIL bicubic, center crop, convert to RGB, scale to [0, 1], normalise).
@@ -49,6 +52,10 @@ TF_EVAL_GAP = {
 
 
 RESIZE_MODES = ("shortest_side", "square")
+# Which library resizes: PIL (OpenAI's and open_clip's preprocess, HF's PIL backend) or TF as big_vision's pp
+# ops do it. HF's default (torchvision) backend is measured (docs/preprocessing.md), not offered: torch
+# imported after tensorflow, as an evaluation would, crashes the process on this stack.
+LIBRARIES = ("pil", "tf")
 # PIL filters by name, and the numbers HF's preprocessor_config.json gives them (PILImageResampling).
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
@@ -60,9 +67,12 @@ class EvalTransform:
 
     resize: "shortest_side" (the shortest side to S, then the centre S x S: OpenAI's, open_clip's) or
     "square" (the whole image to S x S, the aspect ratio not kept: SigLIP's, HF's SiglipImageProcessor);
-    resample: the PIL filter, "bicubic" or "bilinear"; rgb_first: convert to RGB before resizing,
+    resample: the filter, "bicubic" or "bilinear"; rgb_first: convert to RGB before resizing,
     transparency composited onto white, as HF's image processors do (False: after resizing, as OpenAI's
-    preprocess does, which resizes RGBA premultiplied); mean, std: per channel, of pixels in [0, 1].
+    preprocess does, which resizes RGBA premultiplied); mean, std: per channel, of pixels in [0, 1];
+    library: "pil" (PIL's antialiased filters) or "tf" (big_vision's `decode|resize(S)|value_range`: TF's
+    decoder, which drops alpha, and `tf.image.resize(method=resample, antialias=False)` clipped and cast
+    to uint8, which truncates). "tf" resizes to the square only.
     """
 
     resize: str = "shortest_side"
@@ -70,10 +80,17 @@ class EvalTransform:
     rgb_first: bool = False
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
+    library: str = "pil"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize={self.resize!r}; choose from {RESIZE_MODES}")
+        if self.library not in LIBRARIES:
+            raise ValueError(f"library={self.library!r}; choose from {LIBRARIES}")
+        if self.library != "pil" and self.resize != "square":
+            raise ValueError(
+                f"library={self.library!r} resizes to the square only, not resize={self.resize!r}"
+            )
         if self.resample not in _PIL_FILTERS:
             raise ValueError(f"resample={self.resample!r}; choose from {tuple(_PIL_FILTERS)}")
         for name in ("mean", "std"):
@@ -120,10 +137,35 @@ class EvalTransform:
 
 
 OPENAI_TRANSFORM = EvalTransform()
-# SigLIP's, as HF's SiglipImageProcessor has it (bicubic; big_vision's own SigLIP evaluations resize
-# bilinearly, which a preprocessor_config.json with resample=2 selects).
-SIGLIP_TRANSFORM = EvalTransform("square", "bicubic", True, (0.5,) * 3, (0.5,) * 3)
+_HALF = (0.5, 0.5, 0.5)
+# SigLIP's as big_vision evaluates it: `resize(S)|value_range(-1, 1)` is the default pp_img of its
+# zero-shot evaluator (evaluators/proj/image_text/discriminative_classifier.py) and of the SigLIP demo
+# colabs; get_resize's defaults are method="bilinear", antialias=False (big_vision/pp/ops_image.py).
+SIGLIP_BIG_VISION_TRANSFORM = EvalTransform("square", "bilinear", False, _HALF, _HALF, library="tf")
+# HF's approximation of it in SiglipImageProcessorPil (PIL bicubic; its SiglipImageProcessor, in
+# transformers 5 the torchvision backend, resizes with torch's antialiased bicubic instead).
+SIGLIP_HF_PIL_TRANSFORM = EvalTransform("square", "bicubic", True, _HALF, _HALF)
+# The SigLIP family's default: the transform its published numbers were made with.
+SIGLIP_TRANSFORM = SIGLIP_BIG_VISION_TRANSFORM
+# The transforms a user may name (--transform); the model's own is the default.
+NAMED_TRANSFORMS = {
+    "openai": OPENAI_TRANSFORM,
+    "siglip-bigvision": SIGLIP_BIG_VISION_TRANSFORM,
+    "siglip-hf-pil": SIGLIP_HF_PIL_TRANSFORM,
+}
 HF_PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def named_transform(name: str) -> EvalTransform:
+    """The transform called `name` in `NAMED_TRANSFORMS`; a ValueError listing them otherwise."""
+    if name not in NAMED_TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose from {', '.join(NAMED_TRANSFORMS)}")
+    return NAMED_TRANSFORMS[name]
+
+
+def transform_name(transform: EvalTransform) -> str | None:
+    """The name of `transform` in `NAMED_TRANSFORMS`, or None for another (e.g. a preprocessor_config's)."""
+    return next((name for name, t in NAMED_TRANSFORMS.items() if t == transform), None)
 
 
 def read_hf_transform(directory: str | os.PathLike, image_size: int) -> EvalTransform | None:
@@ -195,6 +237,10 @@ def preprocess_image(
 ) -> np.ndarray:
     """A model's eval transform (OpenAI CLIP's by default): float32 [S, S, 3], normalised."""
     pil = _to_pil(image)
+    if transform.library == "tf":
+        # What big_vision's decode(channels=3) gives: RGB, alpha dropped (not composited).
+        rgb = np.asarray(pil.convert("RGB"), dtype=np.uint8)
+        return np.asarray(_tf_square_resize_to_normalized(rgb, image_size, transform))
     resample = _PIL_FILTERS[transform.resample]
     if transform.rgb_first:
         pil = _rgb_on_white(pil)
@@ -221,6 +267,14 @@ def preprocess_encoded(
     open_clip's loaders decode files: what the exact evaluation pipelines run inside tf.data."""
     import io
 
+    if transform.library == "tf":  # big_vision decodes with TF (its default JPEG DCT), not PIL
+        import tensorflow as tf
+
+        try:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, ValueError) as e:
+            raise ValueError(f"cannot decode image ({len(data)} bytes): {e.__class__.__name__}") from e
+        return np.asarray(_tf_square_resize_to_normalized(image, image_size, transform))
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -294,15 +348,33 @@ def _tf_resize_to_normalized(
     return (pixels - tf.constant(transform.mean, tf.float32)) / tf.constant(transform.std, tf.float32)
 
 
+def _tf_square_resize_to_normalized(image: Any, image_size: int, transform: EvalTransform) -> tf.Tensor:
+    """big_vision's `resize(S)|value_range(...)` of a uint8 [H, W, 3] image, op for op: tf.image.resize
+    (the transform's method, antialias=False: get_resize's default), clipped to uint8's range and cast,
+    which truncates, then x / 255 and the mean/std. value_range(-1, 1) computes -1 + 2 (x / 255) in
+    float32; (x / 255 - 0.5) / 0.5 is the same float: halving is exact, so both round 2 (x / 255) - 1 once.
+    """
+    import tensorflow as tf
+
+    resized = tf.image.resize(image, [image_size, image_size], method=transform.resample, antialias=False)
+    pixels = tf.cast(tf.cast(tf.clip_by_value(resized, 0.0, 255.0), tf.uint8), tf.float32) / 255.0
+    out = (pixels - tf.constant(transform.mean, tf.float32)) / tf.constant(transform.std, tf.float32)
+    out.set_shape([image_size, image_size, 3])
+    return out
+
+
 def tf_eval_transform(image: Any, image_size: int, transform: EvalTransform = OPENAI_TRANSFORM) -> tf.Tensor:
     """tf.data version of `preprocess_image`: uint8 [H, W, 3] (or 1 or 4 channels) -> float32 [S, S, 3].
 
-    Same geometry as the PIL path (truncated long side, half-to-even crop offsets); the resize is
-    tf.image's antialiased filter, which is close to, but not bit-equal with, PIL's.
+    A "tf" transform (big_vision's) is computed exactly, alpha dropped as its decode(channels=3) does.
+    A "pil" one keeps the PIL path's geometry (truncated long side, half-to-even crop offsets); the
+    resize is tf.image's antialiased filter, close to, but not bit-equal with, PIL's.
     """
     import tensorflow as tf
 
     image = _tf_check_channels(image)
+    if transform.library == "tf":
+        return _tf_square_resize_to_normalized(image[..., :3], image_size, transform)
     if transform.resize == "square":
         out = _tf_resize_to_normalized(image, image_size, image_size, transform)
         out.set_shape([image_size, image_size, 3])

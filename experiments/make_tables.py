@@ -4,9 +4,11 @@
 
 Inputs are JSON record files or folders of them (see clip_jax.eval.results). The CSV is long format, one
 row per (model, pretrained, task, dataset, metric); the markdown has one table per task with a row per
-model and a column per dataset, each cell "ours (paper)". Published numbers (clip_jax/eval/metadata/
-published_clip_numbers.json) are shown for records of OpenAI's weights (pretrained containing "openai"),
-matched by model name; numbers are top-1 / recall / effective robustness in percent (points).
+model and a column per dataset, each cell "ours (published)". Published numbers (clip_jax/eval/metadata/
+published_clip_numbers.json) are matched by model name and shown for records of the weights they were
+published for: a pretrained tag containing one of the entry's `pretrained_contains` ("openai" for the CLIP
+paper's rows; "siglip" or "webli" for SigLIP's and SigLIP 2's, big_vision's and HF's file names); numbers
+are top-1 / recall / effective robustness in percent (points).
 """
 
 from __future__ import annotations
@@ -53,15 +55,17 @@ def _canonical(model: str) -> str:
     return model.lower().replace("/", "-").replace("@336px", "-336").removesuffix("-quickgelu")
 
 
-def published_lookup(published: dict) -> dict[tuple[str, str, str], float]:
-    """{(canonical model, paper task, dataset): percent} for every non-null published number."""
+def published_lookup(published: dict) -> dict[tuple[str, str, str], tuple[float, tuple[str, ...]]]:
+    """{(canonical model, paper task, dataset): (percent, pretrained tags it holds for)} for every
+    non-null published number."""
     out = {}
     for label, entry in published.get("models", {}).items():
         names = {_canonical(label), _canonical(entry.get("open_clip_name", label))}
+        tags = tuple(t.lower() for t in entry.get("pretrained_contains", ("openai",)))
         for task in ("zeroshot", "linear_probe"):
             for dataset, value in (entry.get(task) or {}).items():
                 if value is not None:
-                    out.update({(n, task, dataset): float(value) for n in names})
+                    out.update({(n, task, dataset): (float(value), tags) for n in names})
     return out
 
 
@@ -75,8 +79,10 @@ def table_rows(records: Sequence[dict], published: dict | None = None) -> list[d
             if value is None:
                 continue
             paper = None
-            if "openai" in str(r.get("pretrained", "")).lower() and metric == "acc1":
-                paper = lookup.get((_canonical(r["model"]), PAPER_TASK.get(r["task"], ""), r["dataset"]))
+            found = lookup.get((_canonical(r["model"]), PAPER_TASK.get(r["task"], ""), r["dataset"]))
+            pretrained = str(r.get("pretrained", "")).lower()
+            if found is not None and metric == "acc1" and any(tag in pretrained for tag in found[1]):
+                paper = found[0]
             ours = 100.0 * float(value)
             rows.append(
                 {
@@ -106,7 +112,7 @@ def to_markdown(rows: Sequence[dict]) -> str:
         datasets = sorted({r["dataset"] for r in sel}, key=_dataset_key)
         models = sorted({(r["model"], r["pretrained"]) for r in sel})
         cells = {(r["model"], r["pretrained"], r["dataset"]): r for r in sel}
-        out.write(f"### {task}: {metric} (%; paper in parentheses)\n\n")
+        out.write(f"### {task}: {metric} (%; published in parentheses)\n\n")
         out.write("| model | pretrained | " + " | ".join(datasets) + " |\n")
         out.write("|---|---|" + "---|" * len(datasets) + "\n")
         for model, pretrained in models:

@@ -6,10 +6,21 @@ distribution shifts, the effective-robustness plot, and linear probes; then the 
         --weights RN50-quickgelu=RN50.pt \\
         --data-dir ~/tensorflow_datasets --objectnet-dir ~/objectnet-1.0 --output-dir results/clip
 
-Each --weights is MODEL=PATH (any format clip_jax.load_pretrained reads; OpenAI's .pt files are QuickGELU
-models, hence the -quickgelu names; the ResNets too, RN50-quickgelu ...), or MODEL=random for a smoke run. The
-published column holds the paper's numbers, and for RN50 and RN101 open_clip's evaluation of OpenAI's weights
-(published_clip_numbers.json says which). Datasets that are not prepared in the
+SigLIP and SigLIP 2 (their named configs; HF directories, open_clip files or big_vision .npz):
+
+    python experiments/reproduce_clip.py --tasks zeroshot --data-dir ~/tensorflow_datasets \
+        --weights ViT-B-16-SigLIP=siglip-base-patch16-224 --weights ViT-L-16-SigLIP-256=siglip-large-patch16-256 \
+        --weights ViT-SO400M-14-SigLIP=webli_en_so400m_224_57633886.npz \
+        --weights ViT-B-16-SigLIP2=siglip2-base-patch16-224 --weights ViT-SO400M-14-SigLIP2=siglip2_so400m14_224.npz
+
+Each model is evaluated as its authors evaluated it, unless --transform / --templates say otherwise: CLIP
+with OpenAI's transform and 80 templates, SigLIP with big_vision's transform and prompts (its inputs,
+clip_jax.inputs). Each --weights is MODEL=PATH (any format clip_jax.load_pretrained reads; OpenAI's .pt
+files are QuickGELU models, hence the -quickgelu names; the ResNets too, RN50-quickgelu ...), or
+MODEL=random for a smoke run. The published column holds the CLIP paper's numbers (for RN50 and RN101
+open_clip's evaluation of OpenAI's weights) and SigLIP 2's from big_vision's README_siglip2.md; SigLIP's
+own rows are listed empty, as no source holding them could be fetched (published_clip_numbers.json says
+which). Datasets that are not prepared in the
 TFDS data dir are skipped with a message. Batches are split over all local devices. Writes, under
 --output-dir: <model>/zeroshot.json (with each shift's effective robustness), <model>/linear_probe_<dataset>
 .json, effective_robustness.png (beside the ImageNet models' fitted baseline), tables.md and tables.csv; classifier weights and image features are cached in cache/ so a rerun after an
@@ -136,7 +147,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--objectnet-dir", default=None)
     parser.add_argument("--output-dir", default="results/clip")
     parser.add_argument("--tasks", default="zeroshot,linear_probe")
-    parser.add_argument("--templates", default="openai", help="openai (80), simple (7) or a JSON list file")
+    parser.add_argument(
+        "--templates",
+        default=None,
+        help="the model's own (default), openai (80), simple (7) or a JSON list file",
+    )
+    cli.add_transform_arg(parser)
     parser.add_argument("--linear-probe-datasets", default="imagenet1k")
     parser.add_argument("--linear-probe-train-split", default="train")
     parser.add_argument("--C", type=float, default=None, help="fixed C for the probes (default: sweep)")

@@ -382,13 +382,13 @@ def test_siglip_transform_equals_hf_image_processor(tmp_path, size, resample):
     x * (1/255) rounded to float32 for each of the 256 uint8 values), then (x - 0.5) / 0.5. HF's
     default torchvision backend resizes with torch's uint8 kernel instead, which differs from PIL's by a
     level or two (up to 9 on pure noise downsampled): not the reference here."""
-    from clip_jax.preprocess import SIGLIP_TRANSFORM, preprocess_image, read_hf_transform
+    from clip_jax.preprocess import SIGLIP_HF_PIL_TRANSFORM, preprocess_image, read_hf_transform
 
     hf = transformers.SiglipImageProcessorPil(size={"height": size, "width": size}, resample=resample)
     hf.save_pretrained(tmp_path)
     transform = read_hf_transform(tmp_path, size)
     assert transform.resize == "square" and transform.mean == transform.std == (0.5, 0.5, 0.5)
-    assert transform == SIGLIP_TRANSFORM if resample == 3 else transform.resample == "bilinear"
+    assert transform == SIGLIP_HF_PIL_TRANSFORM if resample == 3 else transform.resample == "bilinear"
     for name, image in generated_images().items():
         want = hf(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         got = preprocess_image(image, size, transform)
@@ -404,7 +404,7 @@ def test_siglip_transform_tf_path_within_the_tf_gap():
 
     from clip_jax.preprocess import (
         OPENAI_STD,
-        SIGLIP_TRANSFORM,
+        SIGLIP_HF_PIL_TRANSFORM,
         TF_EVAL_GAP,
         preprocess_image,
         tf_eval_transform,
@@ -413,8 +413,8 @@ def test_siglip_transform_tf_path_within_the_tf_gap():
     scale = min(OPENAI_STD) / 0.5
     image = np.asarray(generated_images()["rgb_smooth_portrait"])
     for size in (32, 224):
-        got = tf_eval_transform(tf.constant(image), size, SIGLIP_TRANSFORM).numpy()
-        gap = np.abs(got - preprocess_image(image, size, SIGLIP_TRANSFORM))
+        got = tf_eval_transform(tf.constant(image), size, SIGLIP_HF_PIL_TRANSFORM).numpy()
+        gap = np.abs(got - preprocess_image(image, size, SIGLIP_HF_PIL_TRANSFORM))
         assert got.shape == (size, size, 3)
         assert gap.max() < TF_EVAL_GAP["max_abs"] * scale and gap.mean() < TF_EVAL_GAP["mean_abs"] * scale
 
@@ -483,7 +483,9 @@ def test_zeroshot_cli_on_a_siglip_checkpoint_equals_hf(siglip16_dir, tmp_path):
 
     ref, directory = siglip16_dir
     data_dir = testing.tiny_synthetic_data_dir()
+    # HF's PIL transform (--transform), to compare with HF's processor; the default is big_vision's.
     argv = ["--weights", str(directory), "--dataset", "clip_synthetic/tiny", "--task", "shape"]
+    argv += ["--transform", "siglip-hf-pil"]
     record = zeroshot.main(argv + ["--data-dir", data_dir, "--batch-size", "16"])
     metrics = record["metrics"]
 
@@ -528,6 +530,7 @@ def test_retrieval_and_linear_probe_clis_on_a_siglip_checkpoint(siglip16_dir, tm
     _, directory = siglip16_dir
     data_dir = testing.tiny_synthetic_data_dir()
     common = ["--weights", str(directory), "--data-dir", data_dir, "--batch-size", "16"]
+    common += ["--transform", "siglip-hf-pil"]  # the preprocessor_config's transform, read by hand below
     record = retrieval.main(common + ["--dataset", "clip_synthetic/tiny"])
     model, params = load_pretrained(None, directory)
     tok = find_siglip_tokenizer(directory)

@@ -87,6 +87,8 @@ def eval_image(
     from clip_jax.preprocess import OPENAI_TRANSFORM, preprocess_encoded, tf_eval_transform
 
     transform = transform or OPENAI_TRANSFORM
+    if transform.library == "tf":  # big_vision's pp, whatever `preprocess` says: TF decodes and resizes
+        return tf_eval_transform(decode_image(encoded), image_size, transform)
     if preprocess == "tf":
         return tf_eval_transform(decode_image_like_pil(encoded), image_size, transform)
     if preprocess != "pil":

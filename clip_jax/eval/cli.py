@@ -18,6 +18,7 @@ from clip_jax.eval.common import Evaluator
 from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK
 from clip_jax.inputs import ModelInputs, model_inputs
 from clip_jax.models import CLIP, get_model_config, random_params
+from clip_jax.preprocess import NAMED_TRANSFORMS
 from clip_jax.weights.identify import config_name
 
 E = TypeVar("E", bound=Evaluator)
@@ -73,8 +74,25 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="pil: batches bit-equal with open_clip's preprocess (default); tf: faster tf.image path, "
         "within the gap the record states",
     )
+    add_transform_arg(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON file for the CLIP_benchmark record(s)")
+
+
+def add_transform_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transform",
+        choices=tuple(NAMED_TRANSFORMS),
+        default=None,
+        help="eval image transform (default: the model's own, the one its published numbers were made "
+        "with: openai for CLIP, siglip-bigvision for SigLIP; docs/preprocessing.md)",
+    )
+
+
+def chosen_inputs(args: argparse.Namespace, inputs: ModelInputs) -> ModelInputs:
+    """The model's inputs with the transform --transform names, if it names one."""
+    name = getattr(args, "transform", None)
+    return inputs if name is None else dataclasses.replace(inputs, transform=NAMED_TRANSFORMS[name])
 
 
 def _file_id(path: str) -> str:
@@ -112,7 +130,8 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         model = CLIP(get_model_config(args.model))
         params = random_params(model, args.seed)
         tag = args.pretrained or "random"
-        ident = ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}", model_inputs(model.cfg))
+        inputs = chosen_inputs(args, model_inputs(model.cfg))
+        ident = ModelIdent(args.model, tag, f"{args.model}:random:{args.seed}", inputs)
         return model, params, ident
     from clip_jax.weights import training_run
 
@@ -124,7 +143,8 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         tag = args.pretrained or f"{run.name}@{step_dir.name}"
         name = args.model or config_name(cfg) or "custom"
         # A training run's own: its pipeline tokenized and transformed as the model's family does.
-        return model, params, ModelIdent(name, tag, f"{step_dir.resolve()}", model_inputs(model.cfg))
+        inputs = chosen_inputs(args, model_inputs(model.cfg))
+        return model, params, ModelIdent(name, tag, f"{step_dir.resolve()}", inputs)
     from clip_jax.weights import load_pretrained
     from clip_jax.weights.identify import pretrained_tag
 
@@ -136,7 +156,7 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         inputs = model_inputs(model.cfg, source)
     except ValueError as e:  # a preprocessor_config.json or tokenizer_config.json it cannot follow
         raise UserError(f"{flag} {source}: {e}") from e
-    return model, params, ModelIdent(name, tag, checkpoint_id, inputs)
+    return model, params, ModelIdent(name, tag, checkpoint_id, chosen_inputs(args, inputs))
 
 
 def data_fields(args: argparse.Namespace) -> dict[str, Any]:

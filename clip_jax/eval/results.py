@@ -29,8 +29,13 @@ def preprocess_note(preprocess: str, transform: EvalTransform | None = None) -> 
     bounds of its gap to it; and the model's eval transform where it is not OpenAI's."""
     from clip_jax.preprocess import OPENAI_TRANSFORM, TF_EVAL_GAP
 
-    note: dict[str, Any] = {"name": preprocess, "exact": preprocess == "pil"}
-    if preprocess != "pil":
+    # A "tf" transform (big_vision's) always runs big_vision's own TF ops: exact, whatever `preprocess` says.
+    big_vision = transform is not None and transform.library == "tf"
+    note: dict[str, Any] = {
+        "name": "tf" if big_vision else preprocess,
+        "exact": preprocess == "pil" or big_vision,
+    }
+    if not note["exact"]:
         note["gap_vs_open_clip"] = dict(TF_EVAL_GAP)
     if transform is not None and transform != OPENAI_TRANSFORM:
         note["transform"] = dataclasses.asdict(transform)

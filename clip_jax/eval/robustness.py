@@ -513,7 +513,9 @@ class Robustness(Evaluator):
                 (s.name, eval_dataset(c, size, dataset=s.name, transform=transform)) for s in specs
             ]
             self.heads = None
-        self.classnames, templates = metadata.classnames_and_templates(reference.name, c.task)
+        self.classnames, templates = metadata.classnames_and_templates(
+            reference.name, c.task, self.inputs.prompts
+        )
         self.templates = metadata.choose_templates(c.templates, reference, templates)
 
     def run(self, params: Any, *, checkpoint_id: str | None = None) -> dict[str, Any]:

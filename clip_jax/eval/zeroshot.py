@@ -105,7 +105,8 @@ class ZeroShot(Evaluator):
         super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
         self.spec = metadata.get_dataset(c.dataset)
-        classnames, templates = metadata.classnames_and_templates(self.spec.name, c.task)
+        # The model's prompt style (OpenAI's, or big_vision's for SigLIP): its inputs say which.
+        classnames, templates = metadata.classnames_and_templates(self.spec.name, c.task, self.inputs.prompts)
         self.classnames = classnames
         self.templates = metadata.choose_templates(c.templates, self.spec, templates)
         self.head = head_for(self.spec.head)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
+import string
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,33 @@ def imagenet_templates(kind: str = "openai") -> list[str]:
     return list(_load("imagenet")[key])
 
 
+# Zero-shot prompt styles: how a model's authors turn class names into prompts (clip_jax.inputs.ModelInputs
+# .prompts says which one a model takes). "openai": OpenAI's class names and templates as written (CLIP's
+# notebooks, open_clip). "big_vision": big_vision's zero-shot evaluator, which made SigLIP's published
+# numbers: the same 1000 class names (its CLIP_IMAGENET_CLASS_NAMES equals ours), its 81 templates ("{}"
+# added to OpenAI's 80), everything canonicalised and each class name cut at its first comma (SOURCES.md).
+PROMPT_STYLES = ("openai", "big_vision")
+
+
+def canonicalize_text(text: str, keep: str | None = None) -> str:
+    """big_vision's prompt_engineering.canonicalize_text: "_" to space, ASCII punctuation removed except
+    the exact string `keep` ("{}" in templates, "," in class names), lowercase, whitespace collapsed."""
+    text = text.replace("_", " ")
+    drop = str.maketrans("", "", string.punctuation)
+    text = keep.join(part.translate(drop) for part in text.split(keep)) if keep else text.translate(drop)
+    return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+def big_vision_templates() -> list[str]:
+    """The 81 templates of big_vision's zero-shot evaluator ('clip_paper'), canonicalised as it does."""
+    return [canonicalize_text(t, keep="{}") for t in _load("big_vision_prompts")["templates"]]
+
+
+def big_vision_classnames(classnames: list[str]) -> list[str]:
+    """Class names as big_vision's evaluator uses them: canonicalised, keeping only the first alias."""
+    return [canonicalize_text(c, keep=",").split(",")[0] for c in classnames]
+
+
 def subset_wnids(name: str) -> list[str]:
     """The 200 WNIDs of 'imagenet_r' or 'imagenet_a'."""
     if name not in ("imagenet_r", "imagenet_a"):
@@ -69,22 +98,34 @@ def objectnet_classes() -> list[dict]:
     return [dict(c) for c in _load("objectnet")["classes"]]
 
 
-def classnames_and_templates(name: str, task: str | None = None) -> tuple[list[str], list[str]]:
-    """Class names and templates of a dataset in the registry (ImageNet variants use the 1000 classes).
+def classnames_and_templates(
+    name: str, task: str | None = None, prompts: str = "openai"
+) -> tuple[list[str], list[str]]:
+    """Class names and templates of a dataset in the registry (ImageNet variants use the 1000 classes),
+    in a prompt style of `PROMPT_STYLES` (a model's `ModelInputs.prompts`).
 
     `task` picks one of the synthetic dataset's label features ('shape', the default, or 'color').
+    "big_vision" canonicalises them all; ImageNet and CIFAR get big_vision's 81 templates, as its
+    evaluator gives every dataset unless told otherwise, the synthetic dataset keeps its own.
     """
+    if prompts not in PROMPT_STYLES:
+        raise ValueError(f"prompt style {prompts!r}; choose from {PROMPT_STYLES}")
     spec = get_dataset(name)
     if spec.classes == "imagenet":
-        return imagenet_classnames(), imagenet_templates()
-    if spec.classes == "clip_synthetic":
+        classnames, templates = imagenet_classnames(), imagenet_templates()
+    elif spec.classes == "clip_synthetic":
         from clip_jax.data.synthetic import zeroshot_tasks
 
-        classnames, templates = zeroshot_tasks()[label_feature(spec, task)]
-        return list(classnames), list(templates)
-    label_feature(spec, task)  # a task on a single-label dataset is an error
-    d = _load(spec.classes)
-    return list(d["classnames"]), list(d["templates"])
+        classnames, templates = (list(x) for x in zeroshot_tasks()[label_feature(spec, task)])
+    else:
+        label_feature(spec, task)  # a task on a single-label dataset is an error
+        d = _load(spec.classes)
+        classnames, templates = list(d["classnames"]), list(d["templates"])
+    if prompts == "openai":
+        return classnames, templates
+    if spec.classes != "clip_synthetic":
+        templates = big_vision_templates()
+    return big_vision_classnames(classnames), [canonicalize_text(t, keep="{}") for t in templates]
 
 
 SYNTHETIC_DEFAULT_TASK = "shape"
