@@ -92,6 +92,18 @@ def test_bad_input_ends_in_one_line_and_exit_2(flags, named, config_files, capsy
     assert not workdir.exists()  # every one of these is refused before the run writes anything
 
 
+def test_unreadable_init_from_is_named(tmp_path, capsys):
+    """A weights file that is not one fails when the run loads it (after the checkpoint directory is
+    opened): one line naming the file and what it holds."""
+    garbage = tmp_path / "weights.pt"
+    garbage.write_text("garbage\n")
+    argv = ["--config", RANDOM, "--config.model=tiny", "--config.batch_size=8"]
+    argv += [f"--config.init_from={garbage}", "--workdir", str(tmp_path / "run")]
+    assert cli.run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(garbage) in err[0] and "not a weights file" in err[0], err
+
+
 def test_missing_workdir_is_named(capsys):
     assert cli.run(["--config", RANDOM]) == 2
     assert "--workdir is required" in capsys.readouterr().err
