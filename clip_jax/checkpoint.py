@@ -68,11 +68,15 @@ class Checkpointer:
         wanted = abstract_layout(abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
             step_dir = Path(self.directory) / str(step)
+            part = "state/_METADATA"  # what is being read, to name it if it fails
             try:
                 check_fits(step_dir, wanted)
-                state, data = self.restore(step, abstract_state)
+                part = "data position (data/metadata)"
+                data = self.restore_data(step)
                 if check_data is not None:
                     check_data(data)
+                part = "state arrays (state/)"
+                state, data = self.restore(step, abstract_state)
                 error = None
             except CheckpointMismatch:
                 raise
@@ -80,12 +84,17 @@ class Checkpointer:
                 error = e
             if not _on_any_process(error is not None):
                 return step, state, data
-            self._set_aside_damaged(step_dir, error)
+            self._set_aside_damaged(step_dir, f"{part}: {short_reason(error)}" if error else None)
         return None, None, None
 
-    def _set_aside_damaged(self, step_dir: Path, error: BaseException | None) -> None:
+    def restore_data(self, step: int) -> dict:
+        """The data position saved at `step` alone (a small JSON read)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+        return dict(out["data"] or {})
+
+    def _set_aside_damaged(self, step_dir: Path, why: str | None) -> None:
         target = step_dir.with_name(f"{step_dir.name}.damaged-{int(time.time())}")
-        why = short_reason(error) if error is not None else "it did not restore on another process"
+        why = why or "it did not restore on another process"
         log.warning(
             "checkpoint step %s in %s does not restore (%s); moved aside to %s and trying the previous step",
             step_dir.name,

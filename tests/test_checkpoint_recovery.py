@@ -78,6 +78,14 @@ DAMAGES = {
     "state_metadata_garbage": lambda step: (step / "state" / "_METADATA").write_bytes(_garbage(300)),
     "data_position_garbage": lambda step: (step / "data" / "metadata").write_bytes(_garbage(60)),
 }
+# What the warning names as the part of the step that failed to read.
+DAMAGED_PART = {
+    "data_file_deleted": "state arrays",
+    "data_file_truncated": "state arrays",
+    "data_file_overwritten": "state arrays",
+    "state_metadata_garbage": "state/_METADATA",
+    "data_position_garbage": "data position",
+}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -93,6 +101,7 @@ def test_damaged_newest_step_is_set_aside_and_the_previous_one_resumed(reference
     warnings = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "checkpoint step 6 in" in warnings[0] and "\n" not in warnings[0]
+    assert DAMAGED_PART[damage] in warnings[0], warnings[0]
     assert "resumed from step 4" in caplog.text
     # Moved aside whole, never deleted; the step was trained again and saved anew.
     aside = [n for n in steps_in(workdir) if n.startswith("6.damaged-")]
