@@ -24,9 +24,9 @@ CORE = [
     "absl-py>=2.1",
     "submitit>=1.5.4,<2",  # clip_jax.sweep: local and Slurm executors
     "sentencepiece>=0.2",  # SigLIP's tokenizer (its checkpoints ship a spiece.model)
-    # Sentencepiece inside tf.data, for training SigLIP (clip_jax/data/tokenize_ops.py). It declares
-    # `tensorflow`, whose wheel installs beside tensorflow-cpu's (the same package files).
-    "tensorflow-text>=2.21.1,<2.22",
+    # tensorflow-text (sentencepiece inside tf.data, clip_jax/data/tokenize_ops.py) is not listed: it declares
+    # `tensorflow`, whose CUDA build would overwrite tensorflow-cpu's files. scripts/venv.sh installs it
+    # with --no-deps; without it the pipeline tokenizes sentencepiece in Python (the same ids, slower).
     "braceexpand>=0.1.7",  # webdataset shard lists ("{00000..00099}.tar"), expanded as open_clip does
 ]
 

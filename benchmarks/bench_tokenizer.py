@@ -149,6 +149,7 @@ def run_sentencepiece(repeats: int = 5) -> dict:
     from clip_jax.machine import cpu_name
     from clip_jax.siglip_tokenizer import SiglipTokenizer
 
+    load_before = os.getloadavg()[0]
     prompts = imagenet_prompts()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spiece.model"
@@ -185,6 +186,7 @@ def run_sentencepiece(repeats: int = 5) -> dict:
         "ratio": per_s["ours"] / per_s["theirs"],
         "vocab_size": tokenizer.vocab_size,
         "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
+        "load_average": (load_before, os.getloadavg()[0]),  # above the core count: the CPU was shared
     }
 
 
@@ -197,7 +199,11 @@ def sentencepiece_markdown(result: dict) -> str:
         f"| {result['name']} | {result['ours_per_s']:,.0f} | {result['theirs_per_s']:,.0f} "
         f"| {result['ratio']:.2f}x | {result['direct_per_s']:,.0f} |"
     )
-    return f"{header}\n{row}\n\n{result['cpu']}; {result['vocab_size']} pieces."
+    before, after = result["load_average"]
+    return (
+        f"{header}\n{row}\n\n{result['cpu']}; load average {before:.1f} before, {after:.1f} after; "
+        f"{result['vocab_size']} pieces."
+    )
 
 
 if __name__ == "__main__":

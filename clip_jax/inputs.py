@@ -62,9 +62,10 @@ def tokenizer_source(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") 
     a ValueError naming the config field when there is none or it does not hold one. Reads no file, so
     that a config (or every run of a sweep) validates fast.
 
-    `tokenizer` (config.tokenizer) is a sentencepiece .model file or a checkpoint directory holding the
-    family's vocabulary (spiece.model); empty, a non-CLIP tower takes it from `init_from`'s directory
-    (config.init_from), as its evaluations do from --weights.
+    `tokenizer` (config.tokenizer) is a sentencepiece .model file (SigLIP's; named tokenizer.model,
+    SigLIP 2's Gemma one) or a checkpoint directory holding the family's vocabulary (spiece.model or
+    tokenizer.model); empty, a non-CLIP tower takes it from `init_from`'s directory (config.init_from), as
+    its evaluations do from --weights.
     """
     if cfg.family == "clip":
         if tokenizer:
@@ -80,15 +81,15 @@ def tokenizer_source(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") 
             "not CLIP's BPE; set config.tokenizer to its .model file or a checkpoint directory holding "
             "spiece.model (or config.init_from to such a checkpoint)"
         )
-    from clip_jax.siglip_tokenizer import VOCAB_FILE
+    from clip_jax.siglip_tokenizer import GEMMA_VOCAB_FILE, VOCAB_FILE
 
     path = Path(source)
     directory = path if path.is_dir() else path.parent
     if field == "tokenizer" and path.is_file():
         return path
-    if (directory / VOCAB_FILE).is_file():
+    if (directory / VOCAB_FILE).is_file() or (directory / GEMMA_VOCAB_FILE).is_file():
         return directory
-    missing = "does not exist" if not path.exists() else f"holds no {VOCAB_FILE}"
+    missing = "does not exist" if not path.exists() else f"holds no {VOCAB_FILE} or {GEMMA_VOCAB_FILE}"
     raise ValueError(
         f"config.{field}={source!r} {missing}: the {cfg.family} text tower needs its sentencepiece "
         "vocabulary; set config.tokenizer to its .model file or a directory holding spiece.model"
@@ -103,11 +104,10 @@ def train_inputs(cfg: CLIPConfig, tokenizer: str = "", init_from: str = "") -> M
         return ModelInputs(prompts=FAMILY_PROMPTS[cfg.family])
     transform = FAMILY_TRANSFORMS[cfg.family]
     if source.is_file():
-        from clip_jax.siglip_tokenizer import SiglipTokenizer
+        from clip_jax.siglip_tokenizer import GEMMA_VOCAB_FILE, GemmaSiglipTokenizer, SiglipTokenizer
 
-        return ModelInputs(
-            transform, SiglipTokenizer(source, cfg.text.context_length), FAMILY_PROMPTS[cfg.family]
-        )
+        cls = GemmaSiglipTokenizer if source.name == GEMMA_VOCAB_FILE else SiglipTokenizer
+        return ModelInputs(transform, cls(source, cfg.text.context_length), FAMILY_PROMPTS[cfg.family])
     from clip_jax.siglip_tokenizer import find_siglip_tokenizer
 
     found = find_siglip_tokenizer(source, cfg.text.context_length)

@@ -15,5 +15,7 @@ want="$(cat setup.py constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[venv] installing clip_jax ($extra) into .venv ..." >&2
     .venv/bin/pip install -q -c constraints.txt -e "$spec"
+    # Without its declared `tensorflow` (a CUDA build that would overwrite tensorflow-cpu's files).
+    .venv/bin/pip install -q -c constraints.txt --no-deps tensorflow-text
     echo "$want" > "$stamp"
 fi

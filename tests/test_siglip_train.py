@@ -102,6 +102,73 @@ def test_in_graph_tokenizer_equals_hf_siglip_tokenizer(spiece, lower):
     assert np.array_equal(piped.reshape(16, 64), want[:16])
 
 
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    """A SigLIP 2-like tokenizer directory: a small BPE sentencepiece model with Gemma's settings (<pad> 0,
+    <eos> 1, <bos> 2, <unk> 3, <mask> 4; byte fallback, digits split, no dummy prefix, whitespace kept,
+    identity normaliser) and SigLIP 2's tokenizer_config.json (HF's GemmaTokenizer, no BOS, EOS)."""
+    import io
+
+    import sentencepiece
+
+    directory = tmp_path_factory.mktemp("gemma")
+    rng = random.Random(0)
+    sentences = [
+        " ".join(rng.choice(WORDS + ["Café", "naïve"]) for _ in range(rng.randint(2, 10)))
+        for _ in range(3000)
+    ]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=300,
+        hard_vocab_limit=False,
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=["<mask>"],
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True}
+    config |= {"padding_side": "right", "model_max_length": 64}  # HF's GemmaTokenizer pads on the left
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_in_graph_gemma_tokenizer_equals_hf_gemma_tokenizer(gemma_dir, lower):
+    """SigLIP 2's Gemma tokenizer in the graph: HF GemmaTokenizer's ids with the directory's settings
+    (case kept), and lowercased (as big_vision trained SigLIP 2) the Python tokenizer's ids, which
+    tests/test_siglip_formats.py holds to HF's ids of the lowercased text."""
+    from clip_jax.siglip_tokenizer import GemmaSiglipTokenizer
+
+    ours = GemmaSiglipTokenizer(gemma_dir / "tokenizer.model", lower=lower)
+    corpus = HARD + ["a cat <eos> dog", "<bos> first", "x<unk>y <mask>", "A Photo 2024"] + fuzz_corpus(600)
+    if lower:
+        want = ours(corpus)
+    else:
+        hf = transformers.AutoTokenizer.from_pretrained(str(gemma_dir))
+        want = np.array(hf(corpus, padding="max_length", truncation=True, max_length=64)["input_ids"])
+    got = in_graph_tokenizer(ours, 64)(tf.constant(corpus)).numpy()
+    differ = [text for text, g, w in zip(corpus, got, want, strict=True) if not np.array_equal(g, w)]
+    assert not differ, differ[:5]
+    assert np.array_equal(got, ours(corpus))
+
+
 def test_invalid_utf8_is_replaced_as_python_decodes_it(spiece):
     ours = SiglipTokenizer(spiece)
     raw = [b"ok \xff\xfe bytes", b"\xc3\x28 x", b"a\xe2\x82", b"\xf0\x9f\x98"]
@@ -133,17 +200,29 @@ def siglip_config(**fields):
     return c
 
 
-def test_tokenizer_source_is_validated_naming_the_field(spiece, tmp_path):
+def test_tokenizer_source_is_validated_naming_the_field(spiece, gemma_dir, tmp_path):
     with pytest.raises(ValueError, match=r"config\.tokenizer is empty: a siglip text tower"):
         validate_config(siglip_config())
     with pytest.raises(ValueError, match=r"config\.tokenizer='/nowhere/x.model' does not exist"):
         validate_config(siglip_config(tokenizer="/nowhere/x.model"))
-    with pytest.raises(ValueError, match=r"config\.init_from='.*' holds no spiece\.model"):
+    with pytest.raises(
+        ValueError, match=r"config\.init_from='.*' holds no spiece\.model or tokenizer\.model"
+    ):
         validate_config(siglip_config(init_from=str(tmp_path)))
     with pytest.raises(ValueError, match=r"config\.tokenizer=.*a clip text tower reads CLIP's BPE"):
         validate_config(siglip_config(model="tiny", loss="softmax", tokenizer=str(spiece)))
     assert validate_config(siglip_config(tokenizer=str(spiece))).family == "siglip"
     assert validate_config(siglip_config(tokenizer=str(spiece.parent))).family == "siglip"
+    # The tokenizer each source gives: SigLIP's from a file or directory, SigLIP 2's Gemma one by its name.
+    from clip_jax.inputs import train_inputs
+    from clip_jax.siglip_tokenizer import GemmaSiglipTokenizer
+
+    cfg = get_model_config("tiny-siglip")
+    assert type(train_inputs(cfg, str(spiece)).tokenizer) is SiglipTokenizer
+    assert type(train_inputs(cfg, "", str(spiece.parent)).tokenizer) is SiglipTokenizer
+    assert type(train_inputs(cfg, str(gemma_dir)).tokenizer) is GemmaSiglipTokenizer
+    assert type(train_inputs(cfg, str(gemma_dir / "tokenizer.model")).tokenizer) is GemmaSiglipTokenizer
+    assert train_inputs(get_model_config("tiny")).tokenizer is None  # CLIP's BPE
     # Noise batches without evaluations read no text: no tokenizer needed (benchmarks of the step).
     random_data = siglip_config()
     random_data.data = {"source": "random"}
