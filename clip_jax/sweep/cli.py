@@ -46,7 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--parallel", type=int, default=1, help="runs at once, each pinned to its share of the CPUs"
     )
-    g.add_argument("--cpus-per-run", type=int, default=0, help="CPUs per run (default: all / --parallel)")
+    g.add_argument(
+        "--cpus-per-run",
+        type=int,
+        default=0,
+        help="CPUs (XLA threads) per run (default: all / --parallel); set it for numbers that do not "
+        "depend on --parallel: the count changes a run's floats",
+    )
     g.add_argument("--timeout-min", type=float, default=LocalOptions.timeout_min, help="per attempt")
 
     g = p.add_argument_group("Slurm executor")

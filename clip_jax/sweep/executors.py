@@ -16,7 +16,9 @@ import submitit
 @dataclasses.dataclass
 class LocalOptions:
     parallel: int = 1  # runs at once
-    cpus_per_run: int = 0  # 0: this process's CPUs split evenly over `parallel`
+    # 0: this process's CPUs split evenly over `parallel`. Set it for results that do not depend on
+    # `parallel`: the CPU count of a run changes its floats (job.pin_to_cpus says why).
+    cpus_per_run: int = 0
     timeout_min: float = 7 * 24 * 60  # per attempt; at the limit the run saves and restarts
     max_requeues: int = 3
 
@@ -41,7 +43,8 @@ class SlurmOptions:
 
 def cpu_slots(parallel: int, cpus_per_run: int = 0) -> list[list[int]]:
     """`parallel` disjoint CPU sets from this process's affinity (they wrap if asked for more CPUs
-    than there are)."""
+    than there are). With `cpus_per_run` every run gets that many CPUs whatever `parallel` is, so a
+    sweep's numbers are the same at any `parallel`; without it the count is len(cpus) // parallel."""
     cpus = (
         sorted(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
