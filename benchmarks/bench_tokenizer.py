@@ -143,14 +143,16 @@ def run_sentencepiece(repeats: int = 5) -> dict:
     import os
     import tempfile
 
+    load_before = os.getloadavg()[0]
+    # open_clip (torch, triton) before tensorflow: the other order crashes here (triton after tensorflow).
+    prompts = imagenet_prompts()
+
     import tensorflow as tf
 
     from clip_jax.data.tokenize_ops import in_graph_tokenizer
     from clip_jax.machine import cpu_name
     from clip_jax.siglip_tokenizer import SiglipTokenizer
 
-    load_before = os.getloadavg()[0]
-    prompts = imagenet_prompts()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spiece.model"
         _train_spiece(prompts, path)

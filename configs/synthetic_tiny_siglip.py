@@ -9,6 +9,11 @@ token, non-causal text tower pooled at the last position, tanh GELU, the sigmoid
 (init -10) and scale (init log 10), and captions tokenized as HF's SiglipTokenizer does (lowercased,
 punctuation dropped, EOS, padded with the pad id) with the sentencepiece model beside this file, trained on
 the dataset's captions and prompts. The argument after ':' sets steps, batch, lr, warmup, width, layers.
+
+Measured (2026-12-07, the first command with data_dir elsewhere; AMD EPYC, 2 cores shared with other jobs,
+load average about 9; 17 min, ~100 img/s): zero-shot colour acc1 21.6% at step 100, 79.1% at 200, 78.1%
+at 300 (chance 12.5%: 6.2x); shape 11.7% (chance 12.5%, not learned at this budget, as with
+synthetic_tiny's sigmoid runs); train loss 6.51 at step 25, 4.22 at 300.
 """
 
 import io
