@@ -27,8 +27,8 @@ from clip_jax.train.config import check_batch_fits_devices, validate_config
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.prefetch import Prefetcher
 from clip_jax.train.progress import Progress
-from clip_jax.train.resume_config import ConfigChanges, check_resume_config, describe, record_start
 from clip_jax.train.report import Reporters
+from clip_jax.train.resume_config import ConfigChanges, check_resume_config, describe, record_start
 from clip_jax.train.step import (
     TrainState,
     init_rngs,
@@ -566,4 +566,3 @@ def _preemption_sync_manager():
     from jax._src import distributed
 
     return distributed.global_state.preemption_sync_manager
-
