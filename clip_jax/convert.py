@@ -21,10 +21,9 @@ import jax
 import numpy as np
 
 from clip_jax.cli_errors import UserError, one_line, run_cli
-from clip_jax.models.config import get_model_config
+from clip_jax.models.config import describe, get_model_config
 from clip_jax.weights import export_open_clip, load_params_checked, params_io, save_params
 from clip_jax.weights.hf_export import convert_to_hf
-from clip_jax.weights.identify import describe
 
 
 def check_output(output: str, fmt: str, force: bool) -> None:

@@ -1,7 +1,8 @@
 """Shared test set-up.
 
-torchvision 0.29 segfaults when it is imported after tensorflow 2.21, and pytest imports every test
-module (some import tensorflow) before running any test, so torchvision is loaded first here.
+torchvision 0.29 and triton 3.8 (which diffusers and torch._dynamo import) segfault when they are imported
+after tensorflow 2.21, and pytest imports every test module (some import tensorflow) before running any
+test, so they are loaded first here.
 """
 
 import os
@@ -10,7 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-try:
-    import torchvision  # noqa: F401
-except ImportError:
-    pass
+for _module in ("torchvision", "triton"):
+    try:
+        __import__(_module)
+    except ImportError:
+        pass

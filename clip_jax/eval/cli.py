@@ -18,8 +18,8 @@ from clip_jax.eval.common import Evaluator
 from clip_jax.eval.metadata import SYNTHETIC_DEFAULT_TASK
 from clip_jax.inputs import ModelInputs, model_inputs
 from clip_jax.models import CLIP, get_model_config, random_params
+from clip_jax.models.config import config_name
 from clip_jax.preprocess import NAMED_TRANSFORMS
-from clip_jax.weights.identify import config_name
 
 E = TypeVar("E", bound=Evaluator)
 

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clip_jax.models.config import CLIPConfig
 from clip_jax.models.resnet import ModifiedResNet
@@ -151,3 +152,11 @@ def random_params(model: CLIP, seed: int = 0, std: float = 0.02) -> dict:
         return (std * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@functools.lru_cache(maxsize=8)
+def param_shapes(cfg: CLIPConfig, param_dtype: Any = np.float32) -> dict:
+    """Per-layer params tree of ShapeDtypeStructs for `cfg` (nothing is allocated; cached, as tracing
+    a large model's init takes seconds). Treat the result as read-only."""
+    model = CLIP(cfg, param_dtype=param_dtype)
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))

@@ -640,3 +640,57 @@ def get_model_config(name: str) -> CLIPConfig:
         return MODEL_CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(MODEL_CONFIGS)}") from None
+
+
+def resolve_model_config(model: Any) -> CLIPConfig:
+    """config.model: a name from clip_jax.models.MODEL_CONFIGS, or an inline dict in CLIPConfig's form."""
+    if isinstance(model, str):
+        return get_model_config(model)
+    if isinstance(model, CLIPConfig):
+        return model
+    if hasattr(model, "to_dict"):  # an ml_collections ConfigDict
+        model = model.to_dict()
+    if isinstance(model, dict):
+        model = dict(model)
+        base = model.pop("base", None)
+        if base is not None:
+            merged = get_model_config(base).to_dict()
+            for k, v in model.items():
+                merged[k] = {**merged[k], **v} if isinstance(v, dict) else v
+            model = merged
+        return CLIPConfig.from_dict(model)
+    raise ValueError(f"config.model must be a model name or a dict, got {type(model).__name__}")
+
+
+def config_name(cfg: CLIPConfig) -> str | None:
+    """The name of the named config equal to `cfg`, else None (a custom model, e.g. an inline training config)."""
+    return next((name for name, named in MODEL_CONFIGS.items() if named == cfg), None)
+
+
+def describe(cfg: CLIPConfig) -> str:
+    """The model's name if it is a named config, else a short description of its sizes (for messages)."""
+    name = config_name(cfg)
+    if name is not None:
+        return name
+    v, t = cfg.vision, cfg.text
+    act = "quickgelu" if cfg.quick_gelu else "gelu"
+    return (
+        f"custom(vision {v.layers}x{v.width} p{v.patch_size}@{v.image_size}, "
+        f"text {t.layers}x{t.width}, embed {cfg.embed_dim}, {act})"
+    )
+
+
+def config_diff(a: CLIPConfig, b: CLIPConfig) -> dict[str, tuple[Any, Any]]:
+    """Dotted field -> (value in a, value in b) for every field where the two configs differ."""
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out

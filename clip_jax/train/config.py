@@ -17,8 +17,9 @@ from typing import Any
 
 import ml_collections
 
-from clip_jax.models.config import CLIPConfig, get_model_config
+from clip_jax.models.config import CLIPConfig, resolve_model_config
 from clip_jax.train.optim import NO_DECAY
+from clip_jax.train.schedules import check_schedule_config
 
 LOSSES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -50,8 +51,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.sharded_loss = True  # shard_map loss that never builds the global B x B logits
 
     c.lr = 5e-4  # peak learning rate, reached after warmup_steps
-    c.warmup_steps = 100  # linear warmup steps (at most total_steps); then cosine decay
-    c.end_lr_ratio = 0.0  # the cosine ends at lr * end_lr_ratio
+    c.warmup_steps = 100  # linear warmup steps (at most total_steps); then the schedule
+    # cosine | const | const-cooldown (open_clip's) | rsqrt | linear (big_vision's): clip_jax/train/schedules.py
+    c.schedule = "cosine"
+    c.end_lr_ratio = 0.0  # cosine, const-cooldown and linear end at lr * end_lr_ratio
+    # Steps of the final decay: const-cooldown's (open_clip's --epochs-cooldown, in steps); big_vision's
+    # linear cooldown to 0 on top of rsqrt and linear.
+    c.cooldown_steps = 0
+    c.cooldown_power = 1.0  # const-cooldown decays as (1 - t) ** power (open_clip's --lr-cooldown-power)
+    c.rsqrt_timescale = 10_000  # rsqrt: lr / sqrt(1 + (step - warmup_steps) / rsqrt_timescale)
     c.weight_decay = 0.2  # AdamW's decoupled weight decay, on the parameters no_decay does not match
     c.b1 = 0.9  # AdamW beta1
     c.b2 = 0.98  # AdamW beta2 (open_clip's)
@@ -294,6 +302,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         )
     if config.init_from_only and not config.init_from:
         raise ValueError("config.init_from_only is set but config.init_from is empty")
+    check_schedule_config(config)
     for field in ("no_decay", "freeze", "init_from_only"):
         for regex in config[field]:
             try:
@@ -337,23 +346,3 @@ def _check_fields(config: Any, schema: Any, where: str) -> None:
             if not isinstance(sub, ml_collections.ConfigDict):
                 raise ValueError(f"{where}.{key} must be a section like {ref.to_dict()}")
             _check_fields(sub, ref, f"{where}.{key}")
-
-
-def resolve_model_config(model: Any) -> CLIPConfig:
-    """config.model: a name from clip_jax.models.MODEL_CONFIGS, or an inline dict in CLIPConfig's form."""
-    if isinstance(model, str):
-        return get_model_config(model)
-    if isinstance(model, CLIPConfig):
-        return model
-    if isinstance(model, ml_collections.ConfigDict):
-        model = model.to_dict()
-    if isinstance(model, dict):
-        model = dict(model)
-        base = model.pop("base", None)
-        if base is not None:
-            merged = get_model_config(base).to_dict()
-            for k, v in model.items():
-                merged[k] = {**merged[k], **v} if isinstance(v, dict) else v
-            model = merged
-        return CLIPConfig.from_dict(model)
-    raise ValueError(f"config.model must be a model name or a dict, got {type(model).__name__}")

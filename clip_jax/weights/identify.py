@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clip_jax.models.config import MODEL_CONFIGS, CLIPConfig, get_model_config
+from clip_jax.models.config import get_model_config
 from clip_jax.weights import infer, load, open_clip, readers
 
 # OpenAI's released CLIP models, as named configs.
@@ -59,21 +59,3 @@ def pretrained_tag(path: str | os.PathLike) -> str:
     match the paper's names), else the file's or folder's stem."""
     path = Path(path)
     return "openai" if openai_model_name(path) is not None else path.stem
-
-
-def config_name(cfg: CLIPConfig) -> str | None:
-    """The name of the named config equal to `cfg`, else None (a custom model, e.g. an inline training config)."""
-    return next((name for name, named in MODEL_CONFIGS.items() if named == cfg), None)
-
-
-def describe(cfg: CLIPConfig) -> str:
-    """The model's name if it is a named config, else a short description of its sizes (for messages)."""
-    name = config_name(cfg)
-    if name is not None:
-        return name
-    v, t = cfg.vision, cfg.text
-    act = "quickgelu" if cfg.quick_gelu else "gelu"
-    return (
-        f"custom(vision {v.layers}x{v.width} p{v.patch_size}@{v.image_size}, "
-        f"text {t.layers}x{t.width}, embed {cfg.embed_dim}, {act})"
-    )

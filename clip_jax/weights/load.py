@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import warnings
@@ -22,8 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from clip_jax.models.clip import CLIP, init_params
-from clip_jax.models.config import CLIPConfig, get_model_config
+from clip_jax.models.clip import CLIP, param_shapes
+from clip_jax.models.config import CLIPConfig, config_diff, get_model_config
 from clip_jax.models.transformer import stack_layers, unstack_layers
 from clip_jax.weights import big_vision, hf, open_clip, params_io, readers
 from clip_jax.weights.infer import infer_config
@@ -65,14 +64,6 @@ def read_open_clip_state_dict(path: str | os.PathLike) -> OpenClipStateDict:
     return OpenClipStateDict(
         sd, ckpt.path, "openai-torchscript" if ckpt.torchscript else "open_clip", origin, cfg
     )
-
-
-@functools.lru_cache(maxsize=8)
-def param_shapes(cfg: CLIPConfig, param_dtype: Any = np.float32) -> dict:
-    """Per-layer params tree of ShapeDtypeStructs for `cfg` (nothing is allocated; cached, as tracing
-    a large model's init takes seconds). Treat the result as read-only."""
-    model = CLIP(cfg, param_dtype=param_dtype)
-    return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
 
 
 def resolve_config(
@@ -154,7 +145,7 @@ def load_params_checked(
         found = {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in open_clip.expected_shapes(params).items()}
         open_clip.check_state_dict(found, param_shapes(cfg), what, source=f"checkpoint {path}")
         # Heads and the activation leave no trace in shapes; the saved config knows them.
-        diff = _config_diff(cfg, stored)
+        diff = config_diff(cfg, stored)
         if diff:
             raise ValueError(f"{what} differs from the config saved in {path} in (given, saved): {diff}")
         return cfg, _cast(params, param_dtype)
@@ -247,18 +238,3 @@ def _naming(path: Path) -> Iterator[None]:
 
 def _cast(params: dict, dtype: Any) -> dict:
     return jax.tree.map(lambda a: a if a.dtype == dtype else a.astype(dtype), params)
-
-
-def _config_diff(a: CLIPConfig, b: CLIPConfig) -> dict[str, tuple[Any, Any]]:
-    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
-    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out

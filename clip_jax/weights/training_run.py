@@ -50,7 +50,7 @@ def workdir_of(path: str | os.PathLike) -> Path:
 def run_model_config(path: str | os.PathLike) -> tuple[CLIPConfig | None, Path]:
     """(the model config of the run's config.json, that file); None when the run has no config.json
     (checkpoints copied without it)."""
-    from clip_jax.train.config import resolve_model_config
+    from clip_jax.models.config import resolve_model_config
 
     file = workdir_of(path) / CONFIG_FILE
     if not file.is_file():
@@ -77,8 +77,8 @@ def load_training_run(
     same model, and is needed only for a run without config.json. Relative and absolute paths work.
     """
     from clip_jax.checkpoint import restore_params
-    from clip_jax.weights.identify import describe
-    from clip_jax.weights.load import _config_diff, param_shapes
+    from clip_jax.models.clip import param_shapes
+    from clip_jax.models.config import config_diff, describe
 
     run_cfg, file = run_model_config(path)
     given = get_model_config(name) if isinstance(name, str) else name
@@ -89,7 +89,7 @@ def load_training_run(
         )
     shown = name if isinstance(name, str) else "the given config"
     if run_cfg is not None and given is not None and given != run_cfg:
-        diff = ", ".join(f"{k} {a} (run: {b})" for k, a, b in _diff_items(_config_diff(given, run_cfg)))
+        diff = ", ".join(f"{k} {a} (run: {b})" for k, a, b in _diff_items(config_diff(given, run_cfg)))
         raise UserError(
             f"--model {shown} is not the model of the training run in {file} ({describe(run_cfg)}; "
             f"differs in {diff}): leave --model out to use the run's"
