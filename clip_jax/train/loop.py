@@ -134,6 +134,10 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
         lr_mults=tuple(tuple(x) for x in config.lr_mults),
         end_lr_ratio=config.end_lr_ratio,
         no_decay=tuple(config.no_decay),
+        schedule=config.schedule,
+        cooldown_steps=config.cooldown_steps,
+        cooldown_power=config.cooldown_power,
+        rsqrt_timescale=config.rsqrt_timescale,
     )
     param_rng, state_rng = init_rngs(config.seed)
 

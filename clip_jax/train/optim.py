@@ -1,4 +1,4 @@
-"""AdamW with CLIP's settings, open_clip's warmup + cosine schedule, weight-decay masks, freezing and lr
+"""AdamW with CLIP's settings, the learning-rate schedule (schedules.py), weight-decay masks, freezing and lr
 multipliers.
 
 Parameters are addressed by their '/'-joined path, e.g. 'visual/transformer/resblocks_3/attn/qkv/kernel',
@@ -7,7 +7,6 @@ so freezing the image tower for LiT is `freeze=("^visual/",)`.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from clip_jax.sharding import dict_key_path
+from clip_jax.train.schedules import cosine_schedule, make_schedule
 
 # Parameters exempt from weight decay, as open_clip_train/main.py chooses them: every tensor that is 1-D in
 # PyTorch's layout or whose name has "bn", "ln", "bias" or "logit_scale" in it. In clip_jax's layout that is
@@ -38,23 +38,8 @@ def path_mask(params: Any, regexes: Sequence[str]) -> Any:
 
 
 def lr_schedule(lr: float, total_steps: int, warmup_steps: int, end_lr_ratio: float = 0.0) -> optax.Schedule:
-    """open_clip's `cosine_lr`: lr * (step + 1) / warmup_steps for the first warmup_steps steps (so the
-    first step already trains), then cosine decay from lr to lr * end_lr_ratio at `total_steps`.
-
-    `step` counts from 0, the step being taken. With end_lr_ratio 0 this is open_clip_train's scheduler
-    value for value (tests/test_optim.py).
-    """
-    end = lr * end_lr_ratio
-    decay_steps = max(total_steps - warmup_steps, 1)
-
-    def schedule(step: jax.Array) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32)
-        warm = lr * (step + 1.0) / max(warmup_steps, 1)
-        progress = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0)
-        cosine = end + (lr - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
-        return jnp.where(step < warmup_steps, warm, cosine)
-
-    return schedule
+    """open_clip's `cosine_lr` (config.schedule="cosine"); the other schedules are in schedules.py."""
+    return cosine_schedule(lr, total_steps, warmup_steps, end_lr_ratio)
 
 
 def make_optimizer(
@@ -72,14 +57,28 @@ def make_optimizer(
     lr_mults: Sequence[tuple[str, float]] = (),
     end_lr_ratio: float = 0.0,
     no_decay: Sequence[str] = NO_DECAY,
+    schedule: str = "cosine",
+    cooldown_steps: int = 0,
+    cooldown_power: float = 1.0,
+    rsqrt_timescale: float = 10_000,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Build the optimizer for `params` (a tree of arrays or ShapeDtypeStructs).
 
     Parameters whose path matches a `no_decay` regex get no weight decay. Frozen parameters get no update
     and no optimizer state (LiT). `lr_mults` scales the update of matching parameters (the last matching
-    rule wins); with AdamW that is exactly an lr multiplier.
+    rule wins); with AdamW that is exactly an lr multiplier. `schedule` names the learning-rate schedule
+    (clip_jax/train/schedules.py), which the cooldown and rsqrt arguments shape.
     """
-    schedule = lr_schedule(lr, total_steps, warmup_steps, end_lr_ratio)
+    schedule = make_schedule(
+        schedule,
+        lr,
+        total_steps,
+        warmup_steps,
+        end_lr_ratio=end_lr_ratio,
+        cooldown_steps=cooldown_steps,
+        cooldown_power=cooldown_power,
+        rsqrt_timescale=rsqrt_timescale,
+    )
 
     # Masks are functions of the tree they are applied to, so they also fit the partial trees that
     # multi_transform hands to the inner optimizer when some parameters are frozen.
