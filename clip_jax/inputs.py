@@ -121,7 +121,7 @@ def model_inputs(cfg: CLIPConfig, weights: str | os.PathLike | None = None) -> M
     """The inputs of a model of `cfg` whose weights are at `weights` (a file or directory, or None).
 
     A SigLIP model takes its tokenizer from the checkpoint's spiece.model (or tokenizer.model) when it is
-    there; the transform and the zero-shot prompts are the family's (`FAMILY_TRANSFORMS`,
+    there, a clip_jax training run the one its config.json names (`train_inputs`); the transform and the zero-shot prompts are the family's (`FAMILY_TRANSFORMS`,
     `FAMILY_PROMPTS`): those its published numbers were made with. A HF directory's
     preprocessor_config.json is not followed: for CLIP it describes OpenAI's transform as HF implements it
     (half-way crop offsets rounded down, not to even), for SigLIP HF's PIL bicubic approximation of
@@ -130,6 +130,12 @@ def model_inputs(cfg: CLIPConfig, weights: str | os.PathLike | None = None) -> M
     """
     transform = FAMILY_TRANSFORMS[cfg.family]
     tokenizer = None
+    if weights is not None:
+        from clip_jax.weights import training_run
+
+        if training_run.is_training_run(weights):  # what its training pipeline fed it (config.tokenizer)
+            config = training_run.run_config(weights) or {}
+            return train_inputs(cfg, config.get("tokenizer", ""), config.get("init_from", ""))
     if cfg.family == "siglip" and weights is not None:
         from clip_jax.siglip_tokenizer import find_siglip_tokenizer
 

@@ -223,6 +223,14 @@ def test_tokenizer_source_is_validated_naming_the_field(spiece, gemma_dir, tmp_p
     assert type(train_inputs(cfg, str(gemma_dir)).tokenizer) is GemmaSiglipTokenizer
     assert type(train_inputs(cfg, str(gemma_dir / "tokenizer.model")).tokenizer) is GemmaSiglipTokenizer
     assert train_inputs(get_model_config("tiny")).tokenizer is None  # CLIP's BPE
+    # A training run as a weights source (eval CLIs, predict) gives the tokenizer its config.json names.
+    from clip_jax.inputs import model_inputs
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "5" / "state").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "tiny-siglip", "tokenizer": str(spiece)}))
+    assert type(model_inputs(cfg, run).tokenizer) is SiglipTokenizer
+    assert type(model_inputs(cfg, run / "checkpoints" / "5").tokenizer) is SiglipTokenizer
     # Noise batches without evaluations read no text: no tokenizer needed (benchmarks of the step).
     random_data = siglip_config()
     random_data.data = {"source": "random"}

@@ -142,8 +142,11 @@ def load_model(args: argparse.Namespace) -> tuple[CLIP, Any, ModelIdent]:
         print(f"{flag}: step {step_dir.name} of {step_dir.parent}")
         tag = args.pretrained or f"{run.name}@{step_dir.name}"
         name = args.model or config_name(cfg) or "custom"
-        # A training run's own: its pipeline tokenized and transformed as the model's family does.
-        inputs = chosen_inputs(args, model_inputs(model.cfg))
+        # A training run's own: the tokenizer its pipeline used (config.json), the family's transform.
+        try:
+            inputs = chosen_inputs(args, model_inputs(model.cfg, run))
+        except ValueError as e:  # config.tokenizer / init_from moved or gone since training
+            raise UserError(f"{flag} {source}: {e}") from e
         return model, params, ModelIdent(name, tag, f"{step_dir.resolve()}", inputs)
     from clip_jax.weights import load_pretrained
     from clip_jax.weights.identify import pretrained_tag

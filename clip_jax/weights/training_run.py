@@ -47,14 +47,11 @@ def workdir_of(path: str | os.PathLike) -> Path:
     return path
 
 
-def run_model_config(path: str | os.PathLike) -> tuple[CLIPConfig | None, Path]:
-    """(the model config of the run's config.json, that file); None when the run has no config.json
-    (checkpoints copied without it)."""
-    from clip_jax.models.config import resolve_model_config
-
+def run_config(path: str | os.PathLike) -> dict | None:
+    """The run's resolved training config (its config.json as a dict), None when it has none."""
     file = workdir_of(path) / CONFIG_FILE
     if not file.is_file():
-        return None, file
+        return None
     try:
         with open(file, encoding="utf-8") as f:
             config = json.load(f)
@@ -62,6 +59,18 @@ def run_model_config(path: str | os.PathLike) -> tuple[CLIPConfig | None, Path]:
         raise UserError(f"{file}: not a readable training config ({e}); pass --model instead") from e
     if not isinstance(config, dict) or "model" not in config:
         raise UserError(f"{file} has no 'model' field: not a clip_jax training config; pass --model")
+    return config
+
+
+def run_model_config(path: str | os.PathLike) -> tuple[CLIPConfig | None, Path]:
+    """(the model config of the run's config.json, that file); None when the run has no config.json
+    (checkpoints copied without it)."""
+    from clip_jax.models.config import resolve_model_config
+
+    file = workdir_of(path) / CONFIG_FILE
+    config = run_config(path)
+    if config is None:
+        return None, file
     try:
         return resolve_model_config(config["model"]), file
     except (ValueError, TypeError, KeyError) as e:
