@@ -80,6 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Regexes of the parameter paths taken from init_from, the rest initialised fresh (all if empty). LiT
     # is init_from_only=("^visual/",) with freeze=("^visual/",): a locked pretrained image tower.
     c.init_from_only = ()
+    # Cooldown branch: a new run that goes on from another run's checkpoint, "<workdir>" (its newest step)
+    # or "<workdir>/checkpoints/<step>", with its params, optimizer state and data position (train/branch.py).
+    c.branch_from = ""
     c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
     # The text tower's tokenizer: "" is the model's own (CLIP's BPE for clip towers; a SigLIP tower's
     # spiece.model from init_from's directory), else a sentencepiece .model file or a directory holding it.
@@ -300,6 +303,14 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
             f"config.init_from={config.init_from!r} does not exist: give a training workdir, a converted "
             "params directory or a weights file"
         )
+    if config.branch_from:
+        from clip_jax.train.branch import check_branch_config
+
+        if config.init_from:
+            raise ValueError(
+                "config.init_from and config.branch_from are both set; a branch takes the parent's params"
+            )
+        check_branch_config(config)
     if config.init_from_only and not config.init_from:
         raise ValueError("config.init_from_only is set but config.init_from is empty")
     check_schedule_config(config)

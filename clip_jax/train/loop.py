@@ -23,6 +23,7 @@ import numpy as np
 from clip_jax import sharding
 from clip_jax.checkpoint import Checkpointer, CheckpointMismatch, abstract_like, latest_complete_step
 from clip_jax.models.clip import CLIP
+from clip_jax.train.branch import restore_branch_point, same_workdir
 from clip_jax.train.config import check_batch_fits_devices, validate_config
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.prefetch import Prefetcher
@@ -68,6 +69,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices: list | No
     model_cfg = validate_config(config)
     # orbax reads no metadata from a relative path; every path the run keeps is made absolute once here.
     workdir = os.path.abspath(workdir)
+    if config.branch_from and same_workdir(config.branch_from, workdir):
+        raise ValueError(
+            f"config.branch_from={config.branch_from!r} is this run's --workdir; branch into a new one"
+        )
     # Mesh: (data, fsdp, tensor); the batch is split over data x fsdp. Mesh, batch and the config's
     # changes against the workdir's run are all checked before anything is written, so that a run
     # refused at start leaves the workdir as it was.
@@ -164,6 +169,13 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
     if start is not None:
         _resume_data(data_iter, _own_data_state(data_state), changes)
         log.info("resumed from step %d of %s", start, ckpt.directory)
+    elif config.branch_from:
+        # A cooldown branch: the parent's state and data position, as if the parent went on (branch.py).
+        start, state, data_state = restore_branch_point(
+            config.branch_from, abstract_like(abstract_state, state_shardings)
+        )
+        _resume_data(data_iter, _own_data_state(data_state), changes)
+        log.info("branched from step %d of %s", start, config.branch_from)
     else:
         params = _initial_params(config, model, init_params, param_rng, param_shardings)
         state = jax.jit(init_state, out_shardings=state_shardings)(params)
