@@ -12,6 +12,11 @@ webdataset, folder) and that source's fields (clip_jax/data/image_text.py DATA_C
 The argument after ':' sets the variables below (clip_jax.train.config.parse_arg): model, batch, steps, lr,
 loss, data (a source name; `random` gives the schema's noise section, with its `distinct_batches` field);
 warmup_steps is at most the run's steps. Every other field is set with --config.<field>=<value>.
+
+The learning-rate schedule is --config.schedule (cosine, const, const-cooldown, rsqrt, linear; with
+cooldown_steps, cooldown_power, rsqrt_timescale, end_lr_ratio); a cooldown branch of a constant-lr run is
+--config.branch_from=PARENT_WORKDIR[/checkpoints/STEP] --config.schedule=const-cooldown with
+--config.total_steps and --config.cooldown_steps of the branch (`--help_config` lists every field).
 """
 
 import ml_collections
