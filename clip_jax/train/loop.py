@@ -538,8 +538,12 @@ class TrainLoop:
             metrics = flat_scalars(evaluator.run(state.params), f"{name}/")
             results.update(metrics)
             headline = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("acc1", "recall@1"))}
-            progress.note(f"step {step}: eval {name} ({time.perf_counter() - start:.1f} s) {headline}")
-            log.info("step %d: eval %s (%.1f s) %s", step, name, time.perf_counter() - start, headline)
+            line = f"step {step}: eval {name} ({time.perf_counter() - start:.1f} s) {headline}"
+            # One line each: through the progress bar on the main process, the log on the others.
+            if progress.enabled:
+                progress.note(line)
+            else:
+                log.info(line)
         progress.pause_rate()
         if not self.is_main:
             return
