@@ -151,6 +151,13 @@ BENCHMARKS = {
             summary=True,
         ),
         Benchmark(
+            "siglip_train",
+            "bench_siglip_train",
+            "ViT-B-16-SigLIP train step (fp32, sigmoid loss) beside open_clip's",
+            lambda m, q: m.run(batch=2 if q else 8, repeats=2 if q else 5),
+            summary=True,
+        ),
+        Benchmark(
             "tiny_train",
             "bench_tiny_train",
             "The main job's training loop on CPU: every setting tried, each against the default",

@@ -185,3 +185,60 @@ def test_gpu_benchmark_imports_neither_tensorflow_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_siglip_train_section_renders_with_its_module(run_all):
+    """RESULTS.md's siglip_train section comes from bench_siglip_train.to_markdown: the ratio, the CPU,
+    threads and load, and both sides' losses step by step."""
+    row = {
+        "name": "ViT-B-16-SigLIP train step, sigmoid loss (fp32, batch 8)",
+        "unit": "images/s",
+        "ours_s": 10.0,
+        "theirs_s": 20.0,
+        "ours_per_s": 0.8,
+        "theirs_per_s": 0.4,
+        "ratio": 2.0,
+        "cpu_ratio": 1.8,
+        "target": "train",
+        "cpu": "AMD EPYC",
+        "threads": 2,
+        "torch_threads": 2,
+        "load_before": 1.5,
+        "load_after": 2.5,
+        "compile_s": 24.0,
+        "loss_tolerance": 1e-4,
+        "first_loss_diff": 2e-6,
+        "losses_ours": [10.3253, 8.4587],
+        "losses_theirs": [10.3253, 8.4588],
+    }
+    section = run_all._section_markdown(run_all.BENCHMARKS["siglip_train"], {**GOOD, "result": row})
+    assert "renderer unavailable" not in section
+    assert "| 2.00x |  | 10.000 / 20.000 | 1.80x |" in section
+    assert "CPU: AMD EPYC; 2 cores" in section and "load average 1.5 before, 2.5 after" in section
+    assert "|diff| 2.0e-06, fp32 bound 1.0e-04" in section and "differ by at most 1.0e-04" in section
+
+
+def test_siglip_train_loss_tolerance_is_fp32_rounding_sized():
+    """The bound on the sigmoid loss holds when every unit feature moves by the fp32 error it assumes in
+    the direction that moves the loss most (toward its positive), and is exceeded by 10 times that error:
+    it allows rounding, not a different function."""
+    import numpy as np
+
+    from benchmarks.bench_siglip_train import FP32_UNIT_ROUNDOFF, loss_tolerance
+
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    img, txt = unit(rng.standard_normal((8, 768))), unit(rng.standard_normal((8, 768)))
+    txt[:4] = unit(img[:4] + 0.5 * txt[:4])  # some positives with a high cosine, as after training
+    scale, bias, layers = 10.0, -10.0, 12
+
+    def loss(i, t):
+        z = scale * i @ t.T + bias
+        y = 2 * np.eye(len(i)) - 1
+        return np.sum(np.logaddexp(0, -y * z)) / len(i)
+
+    tol = loss_tolerance(img, txt, scale, bias, layers)
+    feature_err = 4 * np.sqrt(10 * layers + 10) * FP32_UNIT_ROUNDOFF
+    for err, within in ((feature_err, True), (10 * feature_err, False)):
+        diff = abs(loss(unit(img + err * txt), unit(txt + err * img)) - loss(img, txt))
+        assert (diff <= tol) == within, (err, diff, tol)
