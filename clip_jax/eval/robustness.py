@@ -20,8 +20,10 @@ ImageNet pass. The fit's inputs are metadata/imagenet_testbed_points.json: the t
 against it), on imagenetv2 (matched frequency), imagenet-r, imagenet_sketch, objectnet and imagenet-a, and
 for the average a line of the five-set mean against ImageNet top-1 (the plot's baseline). Fitted lines
 (slope, intercept): imagenetv2 0.911, -0.479; imagenet-r 0.631, -2.089; imagenet_sketch 1.065, -2.362;
-objectnet 0.970, -1.912; imagenet-a 1.977, -7.633; average 1.030, -1.875. The testbed fits ImageNet-A
-piecewise (below and above ResNet-50); this is the single line of the definition.
+objectnet 0.970, -1.912; imagenet-a 1.977, -7.633; average 1.030, -1.875. That is the default definition,
+"supervised"; "testbed" (the testbed's plotting code: self-supervised models counted, ImageNet-A in two
+pieces) and "clip-paper" (Fig. 13's class-subset x-axis for the average) are selectable
+(`--effective-robustness`, docs/effective_robustness.md).
 
 Library use, for any list of (name, dataset) pairs, the first being the reference distribution:
     report = robustness_eval(model, params, [("test", ds), ("sketch", ds2)], classnames=..., templates=...)
@@ -66,6 +68,13 @@ from clip_jax.preprocess import EvalTransform
 REFERENCE_DATASET = "imagenet1k"
 # Shift sets with a class subset: their baseline's reference is ImageNet scored on their classes.
 SUBSET_SHIFTS = {"imagenet-r": "imagenet_r", "imagenet-a": "imagenet_a", "objectnet": "objectnet"}
+# Effective robustness as each source defines it (docs/effective_robustness.md; the points JSON's
+# "definitions" hold each one's model set and fit parameters). The default keeps clip_jax's first numbers.
+DEFINITIONS = ("supervised", "testbed", "clip-paper")
+DEFAULT_DEFINITION = "supervised"
+# The "average" baseline's reference under the CLIP paper's Fig. 13: the mean over the shift sets of the
+# ImageNet accuracy on each one's classes.
+CLASS_SUBSET_MEAN = "class_subsets"
 
 
 def default_head(name: str) -> Head:
@@ -162,15 +171,16 @@ def robustness_eval(
     mesh: jax.sharding.Mesh | None = None,
     max_batches: int | None = None,
     progress: bool = False,
-    baselines: Mapping[str, LogitFit] | None = None,
+    baselines: Mapping[str, Baseline] | None = None,
+    definition: str | None = None,
 ) -> dict[str, Any]:
     """Zero-shot metrics on each (name, dataset), the mean top-1 of the shifted sets, and their effective
     robustness where the reference is ImageNet.
 
     `reference` names the in-distribution set (default: the first); every other set counts as a shift.
     Registered names (imagenet-r, imagenet-a, objectnet) get their class-subset heads unless `heads` says
-    otherwise. With reference "imagenet1k", the shifts that have a baseline (`baselines`, default the
-    testbed's: `baseline_fits()`) get their effective robustness (fractions, like acc1), the ImageNet pass
+    otherwise. With reference "imagenet1k", the shifts that have a baseline (`baselines`, default
+    `baseline_fits(definition=definition)`, see DEFINITIONS) get their effective robustness (fractions, like acc1), the ImageNet pass
     also scoring the class subsets of the shifts evaluated. Returns {"datasets": {name: metrics},
     "reference": name, "reference_acc1", "average_shift_acc1", "reference_on_shift_classes": {shift:
     metrics}, "effective_robustness": {shift: ER}, "average_effective_robustness" (their mean, None unless
@@ -194,7 +204,7 @@ def robustness_eval(
         raise ValueError(f"reference {reference!r} is not among the datasets {[n for n, _ in datasets]}")
     shift_names = [n for n, _ in datasets if n != reference]
     if reference == REFERENCE_DATASET:
-        baselines = baseline_fits() if baselines is None else baselines
+        baselines = baseline_fits(definition=definition) if baselines is None else baselines
         ref_heads = {n: reference_head(n) for n in shift_names if n in baselines and n in SUBSET_SHIFTS}
     else:
         baselines, ref_heads = {}, {}
@@ -217,12 +227,13 @@ def robustness_eval(
         "reference_acc1": per_dataset[reference]["acc1"],
         "average_shift_acc1": float(np.mean(shifts)) if shifts else None,
         "reference_on_shift_classes": on_classes,
+        "effective_robustness_definition": definition or DEFAULT_DEFINITION,
     }
     return report | effective_robustness_report(report, baselines)
 
 
 def effective_robustness_report(
-    report: Mapping[str, Any], baselines: Mapping[str, LogitFit]
+    report: Mapping[str, Any], baselines: Mapping[str, Baseline]
 ) -> dict[str, Any]:
     """The effective-robustness entries of a robustness report (see `robustness_eval`) from its accuracies."""
     er: dict[str, float | None] = {}
@@ -236,9 +247,9 @@ def effective_robustness_report(
     of_average = None
     shifts = set(report["datasets"]) - {report["reference"]}
     if "average" in baselines and shifts == set(metadata.IMAGENET_SHIFTS):
-        of_average = baselines["average"].effective_robustness(
-            report["average_shift_acc1"], report["reference_acc1"]
-        )
+        x = average_reference_accuracy(report, baselines["average"])
+        if x is not None:
+            of_average = baselines["average"].effective_robustness(report["average_shift_acc1"], x)
     return {
         "effective_robustness": er,
         "average_effective_robustness": mean_er,
@@ -252,6 +263,15 @@ def reference_accuracy(report: Mapping[str, Any], shift: str) -> float | None:
     if shift not in SUBSET_SHIFTS:
         return report["reference_acc1"]
     return report.get("reference_on_shift_classes", {}).get(shift, {}).get("acc1")
+
+
+def average_reference_accuracy(report: Mapping[str, Any], fit: Baseline) -> float | None:
+    """The reference accuracy the "average" baseline is evaluated at: ImageNet top-1, or under the CLIP
+    paper's definition the mean over the shifts of `reference_accuracy` (None if one is undefined)."""
+    if fit.reference != CLASS_SUBSET_MEAN:
+        return report["reference_acc1"]
+    refs = [reference_accuracy(report, s) for s in metadata.IMAGENET_SHIFTS]
+    return None if any(r is None for r in refs) else float(np.mean(refs))
 
 
 def logit(p: Any) -> np.ndarray:
@@ -288,6 +308,31 @@ class LogitFit:
         return float(shift_acc - self.predict(reference_acc))
 
 
+@dataclasses.dataclass(frozen=True)
+class PiecewiseLogitFit:
+    """A baseline of two logit lines: `below` for reference accuracies under `pivot`, `above` from it on
+    (the testbed's ImageNet-A fit, split at ResNet-50's accuracy, where the models' trend bends)."""
+
+    dataset: str
+    pivot: float
+    below: LogitFit
+    above: LogitFit
+    reference: str
+    models: tuple[str, ...]
+
+    def predict(self, reference_acc: Any) -> np.ndarray:
+        """The baseline's shift accuracy (fraction) at a reference accuracy (fraction)."""
+        x = np.asarray(reference_acc, np.float64)
+        return np.where(x < self.pivot, self.below.predict(x), self.above.predict(x))
+
+    def effective_robustness(self, shift_acc: float, reference_acc: float) -> float:
+        """Shift accuracy above the baseline at the reference accuracy (fractions)."""
+        return float(shift_acc - self.predict(reference_acc))
+
+
+Baseline = LogitFit | PiecewiseLogitFit
+
+
 def fit_logit_line(x: Any, y: Any) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line of logit(y) on logit(x), accuracies as fractions."""
     u, v = logit(x), logit(y)
@@ -299,29 +344,50 @@ def fit_logit_line(x: Any, y: Any) -> tuple[float, float]:
 
 
 def baseline_points(
-    dataset: str, path: str | Path = metadata.TESTBED_POINTS
+    dataset: str, path: str | Path = metadata.TESTBED_POINTS, definition: str | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(models, reference acc, shift acc) of the points a shift set's baseline is fitted on, as fractions.
 
-    The rule is the JSON's "fit": baseline models not learned without labels, both numbers present, less its
-    "exclude" list; for "average" the shift accuracy is the mean of the five shift sets."""
+    The rule is the JSON's "fit" and `definition`'s entry of its "definitions" (default: DEFAULT_DEFINITION):
+    baseline models (less the self-supervised ones unless the definition counts them), both numbers present,
+    at least the definition's plot threshold on the reference, less "exclude". For "average" the shift
+    accuracy is the mean of the five shift sets and the reference ImageNet top-1, or with "average_reference"
+    "class_subsets" the mean of each set's own reference (the CLIP paper's class-subset axis)."""
     data = _points(str(path))
-    fit = data["fit"]
+    fit, rules = data["fit"], _definition(data, definition)
     if dataset != "average" and dataset not in data["reference"]:
         raise ValueError(f"no baseline for {dataset!r}; known: {sorted(data['reference'])}")
-    ref = data["reference"][dataset]
+    shifts = metadata.IMAGENET_SHIFTS if dataset == "average" else (dataset,)
+    if dataset == "average" and rules.get("average_reference") == "class_subsets":
+        refs = [data["reference"][s] for s in shifts]
+    else:
+        refs = [data["reference"][dataset]]
+    columns = [rules.get("shift_column", {}).get(s, s) for s in shifts]
     names, xs, ys = [], [], []
     for entry in data["baseline_models"]:
-        if entry["self_supervised"] or entry["model"] in fit["exclude"].get(dataset, ()):
+        if entry["self_supervised"] and not rules["self_supervised"]:
             continue
-        shifts = metadata.IMAGENET_SHIFTS if dataset == "average" else (dataset,)
-        values = [entry.get(k) for k in shifts]
-        if entry.get(ref) is None or any(v is None for v in values):
+        if entry["model"] in fit["exclude"].get(dataset, ()):
+            continue
+        values = [entry.get(c) if c in entry else data[c].get(entry["model"]) for c in columns]
+        x = [entry.get(r) for r in refs]
+        if any(v is None for v in values + x):
+            continue
+        if np.mean(x) < rules.get("min_reference", {}).get(dataset, 0):
             continue
         names.append(entry["model"])
-        xs.append(entry[ref] / 100)
+        xs.append(float(np.mean(x)) / 100)
         ys.append(float(np.mean(values)) / 100)
     return names, np.array(xs), np.array(ys)
+
+
+def _definition(data: Mapping[str, Any], definition: str | None) -> dict[str, Any]:
+    definition = definition or DEFAULT_DEFINITION
+    if definition not in data["definitions"]:
+        raise ValueError(
+            f"unknown effective-robustness definition {definition!r}; choose one of {sorted(data['definitions'])}"
+        )
+    return data["definitions"][definition]
 
 
 @functools.cache
@@ -330,20 +396,37 @@ def _points(path: str) -> dict[str, Any]:
 
 
 @functools.cache
-def baseline_fits(path: str | Path = metadata.TESTBED_POINTS) -> dict[str, LogitFit]:
-    """The baseline of each shift set with stored points, and of their average ("average")."""
+def baseline_fits(
+    path: str | Path = metadata.TESTBED_POINTS, definition: str | None = None
+) -> dict[str, Baseline]:
+    """The baseline of each shift set with stored points, and of their average ("average"), as `definition`
+    (a key of the points JSON's "definitions"; default DEFAULT_DEFINITION) defines them."""
     data = _points(str(path))
-    fits = {}
+    rules = _definition(data, definition)
+    fits: dict[str, Baseline] = {}
     for name in list(data["reference"]):
-        models, x, y = baseline_points(name, path)
-        slope, intercept = fit_logit_line(x, y)
-        fits[name] = LogitFit(name, slope, intercept, data["reference"][name], tuple(models))
+        models, x, y = baseline_points(name, path, definition)
+        reference = data["reference"][name]
+        if name == "average" and rules.get("average_reference") == "class_subsets":
+            reference = CLASS_SUBSET_MEAN
+        pivot = rules.get("piecewise", {}).get(name)
+        if pivot is None:
+            fits[name] = LogitFit(name, *fit_logit_line(x, y), reference, tuple(models))
+            continue
+        # The testbed's ImageNet-A pieces: strictly below and strictly above the pivot (paper_imagenet_a.py).
+        pieces = []
+        for keep in (x < pivot / 100, x > pivot / 100):
+            kept = tuple(m for m, k in zip(models, keep, strict=True) if k)
+            pieces.append(LogitFit(name, *fit_logit_line(x[keep], y[keep]), reference, kept))
+        fits[name] = PiecewiseLogitFit(name, pivot / 100, pieces[0], pieces[1], reference, tuple(models))
     return fits
 
 
-def testbed_plot_points(path: str | Path = metadata.TESTBED_POINTS) -> list[dict[str, Any]]:
-    """The "average" baseline's points as plot points (ImageNet acc, mean shift acc; fractions)."""
-    models, x, y = baseline_points("average", path)
+def testbed_plot_points(
+    path: str | Path = metadata.TESTBED_POINTS, definition: str | None = None
+) -> list[dict[str, Any]]:
+    """The "average" baseline's points as plot points (reference acc, mean shift acc; fractions)."""
+    models, x, y = baseline_points("average", path, definition)
     return [
         {"label": m, "x": float(a), "y": float(b), "kind": "ImageNet models (testbed)"}
         for m, a, b in zip(models, x, y, strict=True)
@@ -478,6 +561,7 @@ class RobustnessConfig(DataConfig):
     splits: Any = None
     templates: str | None = None
     classifier_cache: str | None = None
+    effective_robustness: str = DEFAULT_DEFINITION  # one of DEFINITIONS
 
 
 class Robustness(Evaluator):
@@ -491,6 +575,10 @@ class Robustness(Evaluator):
     ) -> None:
         super().__init__(config, model, where=where, inputs=inputs)
         c = self.config
+        if c.effective_robustness not in DEFINITIONS:
+            raise ValueError(
+                f"{where}.effective_robustness is {c.effective_robustness!r}; choose one of {', '.join(DEFINITIONS)}"
+            )
         self.tokenizer = self.inputs.text_tokenizer(model.cfg)
         size, transform = model.cfg.vision.image_size, self.inputs.transform
         if c.splits is not None:
@@ -538,6 +626,7 @@ class Robustness(Evaluator):
             heads=self.heads,
             max_batches=c.max_batches,
             progress=True,
+            definition=c.effective_robustness,
         )
 
 
@@ -566,14 +655,15 @@ def report_records(
     from clip_jax.eval import results
 
     er = report.get("effective_robustness", {})
-    fits = baseline_fits() if er else {}
+    definition = report.get("effective_robustness_definition")
+    fits = baseline_fits(definition=definition) if er else {}
     records = []
     for name, metrics in report["datasets"].items():
         extra: dict[str, Any] = {"preprocess": results.preprocess_note(preprocess, transform)}
         metrics = dict(metrics)
         if name in er:
             metrics.update(effective_robustness=er[name], reference_acc1=reference_accuracy(report, name))
-            extra["effective_robustness_baseline"] = _baseline_note(fits[name])
+            extra["effective_robustness_baseline"] = _baseline_note(fits[name], definition)
         records.append(
             results.make_record(name, model, pretrained, "zeroshot_classification", metrics, **extra)
         )
@@ -587,7 +677,7 @@ def report_records(
             metrics["effective_robustness"] = report.get("average_effective_robustness")
             metrics["effective_robustness_of_average"] = report.get("effective_robustness_of_average")
             if metrics["effective_robustness_of_average"] is not None:
-                extra["effective_robustness_baseline"] = _baseline_note(fits["average"])
+                extra["effective_robustness_baseline"] = _baseline_note(fits["average"], definition)
         records.append(
             results.make_record(
                 "imagenet_shift_average", model, pretrained, "zeroshot_classification", metrics, **extra
@@ -596,10 +686,14 @@ def report_records(
     return records
 
 
-def _baseline_note(fit: LogitFit) -> dict[str, Any]:
-    return {
-        "slope": fit.slope,
-        "intercept": fit.intercept,
+def _baseline_note(fit: Baseline, definition: str | None) -> dict[str, Any]:
+    note: dict[str, Any] = {"definition": definition or DEFAULT_DEFINITION}
+    if isinstance(fit, PiecewiseLogitFit):
+        note["pivot"] = fit.pivot
+        note["pieces"] = [{"slope": f.slope, "intercept": f.intercept} for f in (fit.below, fit.above)]
+    else:
+        note.update(slope=fit.slope, intercept=fit.intercept)
+    return note | {
         "reference": fit.reference,
         "num_models": len(fit.models),
         "points": "clip_jax/eval/metadata/imagenet_testbed_points.json (Taori et al. 2020 testbed)",
@@ -607,20 +701,32 @@ def _baseline_note(fit: LogitFit) -> dict[str, Any]:
 
 
 def plot_point(report: Mapping[str, Any], label: str) -> dict[str, Any] | None:
-    """The report's point on the effective-robustness plot (None without shifts)."""
+    """The report's point on the effective-robustness plot (None without shifts): x is the "average"
+    baseline's reference under the report's definition (the class-subset mean for clip-paper)."""
     if report["average_shift_acc1"] is None:
         return None
-    return {"label": label, "x": report["reference_acc1"], "y": report["average_shift_acc1"], "kind": "ours"}
+    fit = baseline_fits(definition=report.get("effective_robustness_definition")).get("average")
+    x = report["reference_acc1"] if fit is None else average_reference_accuracy(report, fit)
+    if x is None:
+        return None
+    return {"label": label, "x": x, "y": report["average_shift_acc1"], "kind": "ours"}
 
 
 def plot_with_baseline(
-    ours: Sequence[Mapping[str, Any]], path: str | Path, published: str | Path | None = None
+    ours: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    published: str | Path | None = None,
+    definition: str | None = None,
 ) -> dict[str, Any]:
     """The effective-robustness plot of `ours` beside the testbed's ImageNet models and their fitted
     average baseline, and the CLIP paper's points where `published` (published_clip_numbers.json) exists."""
-    paper = published_points(published) if published and Path(published).exists() else []
+    fit = baseline_fits(definition=definition)["average"]
+    if fit.reference == CLASS_SUBSET_MEAN:  # the paper's numbers here are on full ImageNet, another axis
+        paper = []
+    else:
+        paper = published_points(published) if published and Path(published).exists() else []
     return plot_effective_robustness(
-        testbed_plot_points() + paper + list(ours), path, baseline=baseline_fits()["average"]
+        testbed_plot_points(definition=definition) + paper + list(ours), path, baseline=fit
     )
 
 
@@ -648,6 +754,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--classifier-cache", default=None)
     parser.add_argument("--plot", default=None, help="PNG path for the effective-robustness plot")
     parser.add_argument("--published", default=str(metadata.PUBLISHED_NUMBERS))
+    parser.add_argument(
+        "--effective-robustness",
+        choices=DEFINITIONS,
+        default=DEFAULT_DEFINITION,
+        help="whose definition of the baselines (docs/effective_robustness.md): supervised (default), "
+        "testbed (imagenet-testbed's plots), clip-paper (CLIP paper Fig. 13's class-subset average)",
+    )
     args = parser.parse_args(argv)
     if args.splits is not None and (args.datasets is not None or not args.dataset):
         raise UserError("--splits needs --dataset (the dataset they split) and no --datasets")
@@ -657,7 +770,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         raise UserError(f"--published {args.published} is not a file (the published numbers the plot shows)")
 
     model, params, ident = cli.load_model(args)
-    fields = cli.data_fields(args) | {"templates": args.templates, "classifier_cache": args.classifier_cache}
+    fields = cli.data_fields(args) | {
+        "templates": args.templates,
+        "classifier_cache": args.classifier_cache,
+        "effective_robustness": args.effective_robustness,
+    }
     shifts = {"splits": args.splits} if args.splits else {"datasets": args.datasets}
     evaluator = cli.build(Robustness, fields | shifts, model, ident.inputs)
     report = evaluator.run(params, checkpoint_id=ident.checkpoint_id)
@@ -672,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             print(json.dumps({"effective_robustness": report["effective_robustness"]}))
         point = plot_point(report, f"{ident.model} ({ident.pretrained})")
         if args.plot and point is not None:
-            plot_with_baseline([point], args.plot, args.published)
+            plot_with_baseline([point], args.plot, args.published, args.effective_robustness)
     return records
 
 

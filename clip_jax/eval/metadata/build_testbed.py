@@ -39,6 +39,9 @@ COLUMNS = {
 # SimCLRv2, SwAV, SimSiam); the testbed added them in Sep 2021. Kept, flagged, and left out of the fit.
 SELF_SUPERVISED = ("simclrv2", "swav", "simsiam")
 CLIP_ROWS = ("resnet50_clip_zeroshot", "vit_b_32_clip_zeroshot")
+# The testbed's ImageNetV2 plots (plotting/paper_nat_shift_imagenetv2.py line 34) read this column, not
+# "imagenetv2-matched-frequency" (up to 0.54 pp apart); stored per model beside the rows.
+V2_FORMAT_VAL = "imagenetv2-matched-frequency-format-val"
 
 
 def standard_models(model_types_py: Path) -> list[str]:
@@ -96,6 +99,51 @@ FIT = {
     "sets; ImageNet-Vid and YouTube-BB are not evaluated here)",
     "not_in_fit": "clip_zeroshot: the testbed's own zero-shot CLIP rows (OpenAI ResNet-50 and ViT-B/32)",
 }
+# Effective robustness as each source defines it: the baselines' model sets and fit parameters, read by
+# clip_jax.eval.robustness.baseline_fits(definition=...). Paths and lines are of imagenet-testbed at 0170eec.
+DEFINITIONS = {
+    "supervised": {
+        "description": "clip_jax's first definition, the default: one logit line per shift set (Taori et al.'s "
+        "definition) over the testbed's supervised standard models ('fit' above), the five-set average "
+        "against ImageNet top-1",
+        "self_supervised": False,
+    },
+    "testbed": {
+        "description": "the testbed's plotting code: its 'Standard training' models, self-supervised ones "
+        "included (plotting/model_types.py lines 111-112, 170-174 map SimCLRv2, SimSiam, SwAV to STANDARD), "
+        "each set's plot threshold, ImageNetV2 read from the format-val column, and ImageNet-A fitted in two "
+        "pieces split at 91.86% class-subset ImageNet accuracy (ResNet-50's)",
+        "self_supervised": True,
+        "min_reference": {
+            "imagenetv2": 55,
+            "imagenet-r": 75,
+            "imagenet_sketch": 55,
+            "objectnet": 55,
+            "imagenet-a": 75,
+            "average": 55,
+        },
+        "min_reference_source": "show_in_plot of plotting/paper_nat_shift_imagenetv2.py (val >= 55), "
+        "paper_appendix_imagenet_r.py line 40 (val-on-imagenet-r-classes >= 75), "
+        "paper_appendix_imagenet_sketch.py line 22 (val >= 55), paper_objectnet.py line 26 "
+        "(val-on-objectnet-classes >= 55), paper_imagenet_a.py line 26 (val-on-imagenet-a-classes >= 75); "
+        "the average has no testbed plot and takes ImageNet's 55",
+        "shift_column": {"imagenetv2": "imagenetv2_format_val"},
+        "piecewise": {"imagenet-a": 91.86},
+        "piecewise_source": "plotting/paper_imagenet_a.py lines 29-40 (line one: x < 91.86, line two: "
+        "x > 91.86, ResNet-50 left out by show_in_plot, line 26) and plotter.py "
+        "model_scatter_plot_imagenet_a lines 1105-1153 (scipy.stats.linregress per piece, piece one drawn "
+        "for x < pivot, piece two for x >= pivot)",
+    },
+    "clip-paper": {
+        "description": "the CLIP paper's Figure 13 (Radford et al. 2021, Section 3.3): the average shift "
+        "accuracy against the average ImageNet accuracy on each shift set's class subset (ImageNet top-1 "
+        "for ImageNetV2 and Sketch, which have all 1000 classes); the paper averages 7 sets, of which "
+        "clip_jax evaluates 5 (not ImageNet-Vid and YouTube-BB). Per-set lines and the model set as "
+        "'supervised': which ImageNet models the paper's fit used cannot be read in a fetched source",
+        "self_supervised": False,
+        "average_reference": "class_subsets",
+    },
+}
 
 
 def build(testbed: Path) -> dict:
@@ -121,6 +169,7 @@ def build(testbed: Path) -> dict:
         for m in sorted(keep, key=lambda m: -float(rows[m]["val"]))
     ]
     clip = [_row(rows[m], m, f"{where} {m!r}") for m in CLIP_ROWS]
+    v2 = {m["model"]: round(float(rows[m["model"]][V2_FORMAT_VAL]), 3) for m in models}
     return {
         "source": SOURCE,
         "testbed_commit": commit or None,
@@ -128,6 +177,8 @@ def build(testbed: Path) -> dict:
         "columns": COLUMNS,
         "reference": REFERENCE,
         "fit": FIT,
+        "definitions": DEFINITIONS,
+        "imagenetv2_format_val": v2,
         "baseline_models": models,
         "clip_zeroshot": clip,
     }
