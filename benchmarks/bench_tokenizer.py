@@ -104,26 +104,9 @@ SP_BATCH = 256
 
 def _train_spiece(prompts: list[str], path: Path) -> None:
     """A unigram model of at most 8,000 pieces with SigLIP's special ids, trained on the prompts."""
-    import io
+    from clip_jax.siglip_tokenizer import canonicalize_text, train_sentencepiece
 
-    import sentencepiece
-
-    from clip_jax.siglip_tokenizer import canonicalize_text
-
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sorted({canonicalize_text(p) for p in prompts})),
-        model_writer=model,
-        vocab_size=8000,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    path.write_bytes(train_sentencepiece(sorted({canonicalize_text(p) for p in prompts}), 8000))
 
 
 def _tokenize_in_pipeline(prompts: list[str], tokenize) -> tuple[float, np.ndarray]:

@@ -273,3 +273,53 @@ def find_siglip_tokenizer(
     if (directory / GEMMA_VOCAB_FILE).is_file():
         return GemmaSiglipTokenizer.from_directory(directory, context_length)
     return None
+
+
+# Special ids and options of the two vocabularies, as SigLIP's spiece.model and SigLIP 2's Gemma
+# tokenizer.model lay them out: what a model trained here must share with the released ones.
+_SENTENCEPIECE_STYLES = {
+    "siglip": dict(model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
+    "gemma": dict(
+        model_type="bpe",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=["<mask>"],
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+    ),
+}
+
+
+def train_sentencepiece(sentences: Sequence[str], vocab_size: int, style: str = "siglip") -> bytes:
+    """A sentencepiece model (the bytes of a .model file) trained on `sentences`, with the special ids of
+    SigLIP's vocabulary (`style="siglip"`: unigram, <pad> 0, </s> 1, <unk> 2) or SigLIP 2's Gemma one
+    (`"gemma"`: BPE with byte fallback, <pad> 0, <eos> 1, <bos> 2, <unk> 3). At most `vocab_size` pieces,
+    so ids stay below a text tower's embedding; one thread, so the same corpus gives the same file."""
+    import io
+
+    import sentencepiece
+
+    if style not in _SENTENCEPIECE_STYLES:
+        raise ValueError(f"style={style!r}: one of {sorted(_SENTENCEPIECE_STYLES)}")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+        **_SENTENCEPIECE_STYLES[style],
+    )
+    return model.getvalue()

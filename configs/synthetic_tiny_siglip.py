@@ -16,7 +16,6 @@ at 300 (chance 12.5%: 6.2x); shape 11.7% (chance 12.5%, not learned at this budg
 synthetic_tiny's sigmoid runs); train loss 6.51 at step 25, 4.22 at 300.
 """
 
-import io
 from pathlib import Path
 
 import ml_collections
@@ -82,24 +81,9 @@ def tokenizer_corpus(num_images: int = 3000) -> list[str]:
 def write_tokenizer(path: Path = TOKENIZER) -> None:
     """Train the unigram sentencepiece model on `tokenizer_corpus`, with SigLIP's special ids (<pad> 0,
     </s> 1, <unk> 2) and one thread (deterministic)."""
-    import sentencepiece
+    from clip_jax.siglip_tokenizer import train_sentencepiece
 
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus()),
-        model_writer=model,
-        vocab_size=VOCAB_SIZE,
-        hard_vocab_limit=False,  # at most VOCAB_SIZE pieces: ids stay below the embedding
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    path.write_bytes(train_sentencepiece(tokenizer_corpus(), VOCAB_SIZE))
 
 
 if __name__ == "__main__":

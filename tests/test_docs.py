@@ -12,7 +12,6 @@ block runs alone, so it must import what it uses.
 from __future__ import annotations
 
 import importlib.util
-import io
 import random
 import re
 from pathlib import Path
@@ -50,11 +49,11 @@ def make_openai_vit_b_32(path: Path) -> None:
 
 def make_siglip_dir(directory: Path) -> None:
     """A tiny SigLIP at 224 px saved as transformers saves SiglipModel, with a spiece.model."""
-    import sentencepiece as spm
     import torch
     import transformers
 
     from clip_jax.models import get_model_config
+    from clip_jax.siglip_tokenizer import train_sentencepiece
     from clip_jax.weights.hf import siglip_config_to_hf
 
     cfg = get_model_config("tiny-siglip")
@@ -68,20 +67,7 @@ def make_siglip_dir(directory: Path) -> None:
     rng = random.Random(0)
     words = "a photo of the cat dog bird car tree house red blue green big small on in with".split()
     sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) for _ in range(2000)]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=cfg.text.vocab_size,
-        hard_vocab_limit=False,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        minloglevel=2,
-    )
-    (directory / "spiece.model").write_bytes(model.getvalue())
+    (directory / "spiece.model").write_bytes(train_sentencepiece(sentences, cfg.text.vocab_size))
 
 
 def make_text_encoder(directory: Path, activation: str = "gelu", projection: bool = False) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from clip_jax import get_model_config, load_pretrained
 from clip_jax.models import CLIP, label_probabilities
-from clip_jax.siglip_tokenizer import SiglipTokenizer, find_siglip_tokenizer
+from clip_jax.siglip_tokenizer import SiglipTokenizer, find_siglip_tokenizer, train_sentencepiece
 from clip_jax.weights.hf import siglip_config_from_hf, siglip_config_to_hf
 
 torch = pytest.importorskip("torch")
@@ -73,21 +73,7 @@ def train_spiece(path) -> None:
         if rng.random() < 0.3:
             words[0] = words[0].capitalize()
         sentences.append(" ".join(words) + rng.choice(["", ".", "!", ","]))
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=TINY.text.vocab_size,
-        hard_vocab_limit=False,  # the corpus has fewer pieces; ids stay below the model's vocab
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    path.write_bytes(train_sentencepiece(sentences, TINY.text.vocab_size))
 
 
 def hf_siglip_config(**vision):
@@ -551,4 +537,3 @@ def test_retrieval_and_linear_probe_clis_on_a_siglip_checkpoint(siglip16_dir, tm
     assert record["metrics"] == pytest.approx(want, rel=1e-12)
     probe = linear_probe.main(common + ["--dataset", "clip_synthetic/tiny", "--task", "color"])
     assert 0.0 <= probe["metrics"]["acc1"] <= 1.0
-

@@ -27,6 +27,7 @@ import pytest
 
 from clip_jax import load_pretrained
 from clip_jax.models.config import CLIPConfig, get_model_config, open_clip_gelu
+from clip_jax.siglip_tokenizer import train_sentencepiece
 from clip_jax.weights.big_vision import save_big_vision
 from clip_jax.weights.infer import infer_config
 from clip_jax.weights.load import param_shapes
@@ -260,38 +261,12 @@ HARD_TEXTS = [
 def train_gemma_like_spiece(path: Path) -> None:
     """A small BPE sentencepiece model with Gemma's settings (special pieces <pad> 0, <eos> 1, <bos> 2,
     <unk> 3, <mask> 4; byte fallback, digits split, no dummy prefix, whitespace kept)."""
-    import io
     import random
 
-    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("sentencepiece")
     rng = random.Random(0)
     sentences = [" ".join(rng.choice(GEMMA_WORDS) for _ in range(rng.randint(2, 10))) for _ in range(3000)]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=300,
-        hard_vocab_limit=False,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=["<mask>"],
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    path.write_bytes(train_sentencepiece(sentences, 300, style="gemma"))
 
 
 @pytest.fixture(scope="module")

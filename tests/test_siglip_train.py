@@ -24,7 +24,7 @@ from clip_jax import get_model_config
 from clip_jax.data import default_data_config
 from clip_jax.data.tf_ops import tf_tokenize
 from clip_jax.data.tokenize_ops import in_graph_tokenizer
-from clip_jax.siglip_tokenizer import SiglipTokenizer
+from clip_jax.siglip_tokenizer import SiglipTokenizer, train_sentencepiece
 from clip_jax.train.config import default_config, validate_config
 
 transformers = pytest.importorskip("transformers")
@@ -107,42 +107,14 @@ def gemma_dir(tmp_path_factory):
     """A SigLIP 2-like tokenizer directory: a small BPE sentencepiece model with Gemma's settings (<pad> 0,
     <eos> 1, <bos> 2, <unk> 3, <mask> 4; byte fallback, digits split, no dummy prefix, whitespace kept,
     identity normaliser) and SigLIP 2's tokenizer_config.json (HF's GemmaTokenizer, no BOS, EOS)."""
-    import io
-
-    import sentencepiece
-
+    pytest.importorskip("sentencepiece")
     directory = tmp_path_factory.mktemp("gemma")
     rng = random.Random(0)
     sentences = [
         " ".join(rng.choice(WORDS + ["Café", "naïve"]) for _ in range(rng.randint(2, 10)))
         for _ in range(3000)
     ]
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=300,
-        hard_vocab_limit=False,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=["<mask>"],
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        allow_whitespace_only_pieces=True,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    (directory / "tokenizer.model").write_bytes(train_sentencepiece(sentences, 300, style="gemma"))
     config = {"tokenizer_class": "GemmaTokenizer", "add_bos_token": False, "add_eos_token": True}
     config |= {"padding_side": "right", "model_max_length": 64}  # HF's GemmaTokenizer pads on the left
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
