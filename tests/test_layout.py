@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "clip_jax"
-EVALUATORS = ("zeroshot", "robustness", "linear_probe", "retrieval")
+EVALUATORS = ("zeroshot", "robustness", "linear_probe", "retrieval", "contrastive")
 
 
 def _module_name(path: Path) -> str:

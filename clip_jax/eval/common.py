@@ -7,6 +7,7 @@ names its evaluations:
 
     config.evals.shape = {"type": "zeroshot", "dataset": "clip_synthetic", "task": "shape"}
     config.evals.probe = {"type": "linear_probe", "dataset": "clip_synthetic", "max_batches": 8}
+    config.evals.val = {"type": "contrastive", "dataset": "clip_synthetic", "batch_size": 64}
 
 Each type has a dataclass of fields (`ZeroShotConfig`, ...); an unknown field, a missing required one
 or an unknown type is an error that names `config.evals.<name>.<field>`.
@@ -29,6 +30,7 @@ EVALUATOR_TYPES = {
     "robustness": "clip_jax.eval.robustness:Robustness",
     "linear_probe": "clip_jax.eval.linear_probe:LinearProbe",
     "retrieval": "clip_jax.eval.retrieval:Retrieval",
+    "contrastive": "clip_jax.eval.contrastive:Contrastive",
 }
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from clip_jax.preprocess import EvalTransform
 
-TASKS = ("zeroshot_classification", "linear_probe", "zeroshot_retrieval")
+TASKS = ("zeroshot_classification", "linear_probe", "zeroshot_retrieval", "contrastive")
 
 
 def preprocess_note(preprocess: str, transform: EvalTransform | None = None) -> dict[str, Any]:
