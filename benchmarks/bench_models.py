@@ -4,7 +4,6 @@
     python benchmarks/bench_models.py --quick               # small batches, 2 repeats (smoke test)
     python benchmarks/bench_models.py --only image --models ViT-B-16 --batch 8 --variants default,before_rows
     python benchmarks/bench_models.py --xla-flags=--xla_cpu_use_thunk_runtime=false
-    python benchmarks/bench_models.py --sweep               # the XLA:CPU investigation (cpu_sweep.py; long)
 
 Both sides compute the same function: one random open_clip model (`open_clip.create_model(name,
 pretrained=None)`) is converted with the project's converter (`model_pair.py`), and before anything is
@@ -370,7 +369,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    """The command line (module docstring); `--sweep` hands over to cpu_sweep."""
+    """The command line (module docstring); the XLA:CPU investigation is benchmarks/cpu_sweep.py's."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 (train 8), 2 repeats")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -380,15 +379,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
     parser.add_argument("--variants", default="default", help=f"comma list of {','.join(VARIANTS)}")
     parser.add_argument("--xla-flags", default=None, help="appended to XLA_FLAGS before jax starts")
-    parser.add_argument("--sweep", action="store_true", help="the XLA:CPU investigation (long)")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line as well")
     args = parser.parse_args()
-    if args.sweep:
-        # Imported here: cpu_sweep imports this module (as benchmarks.bench_models) for its benchmarks.
-        from benchmarks import cpu_sweep
-
-        print(cpu_sweep.to_markdown(cpu_sweep.sweep(quick=args.quick)))
-        return
     models, only, variants = (tuple(a.split(",")) for a in (args.models, args.only, args.variants))
     # Bad names fail here, before minutes of building models, with the option that holds them.
     for name in models:

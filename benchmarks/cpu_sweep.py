@@ -1,6 +1,6 @@
 """The XLA:CPU investigation: every setting tried to make XLA:CPU faster, each against open_clip.
 
-    python benchmarks/bench_models.py --sweep [--quick]     # or: benchmarks/run_all.py --only cpu_variants
+    python benchmarks/cpu_sweep.py [--quick]     # or: benchmarks/run_all.py --only cpu_variants
 
 Settings: XLA flag sets and one core (each in a child process running bench_models.py, since XLA reads
 its flags once and taskset pins a whole process), model variants of our side (`model_variants.VARIANTS`,
@@ -14,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.bench_models import TRAIN_MODEL, bench_gemm, bench_inference
-from benchmarks.common import log_row, read_result
-from benchmarks.model_pair import make_pair
-from benchmarks.model_variants import VARIANTS
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_models import TRAIN_MODEL, bench_gemm, bench_inference  # noqa: E402
+from benchmarks.common import log_row, read_result  # noqa: E402
+from benchmarks.model_pair import make_pair  # noqa: E402
+from benchmarks.model_variants import VARIANTS  # noqa: E402
 
 BENCH_MODELS = Path(__file__).resolve().with_name("bench_models.py")
 
@@ -126,3 +129,16 @@ def to_markdown(rows: list[dict]) -> str:
             f"| {r['cpu_ratio']:.2f}x | {r['compile_s']:.1f} | {r['torch_threads']} |"
         )
     return "\n".join(lines)
+
+
+def main() -> None:
+    """The command line (module docstring): the sweep's table on stdout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batches, fewer repeats (smoke test)")
+    print(to_markdown(sweep(quick=parser.parse_args().quick)))
+
+
+if __name__ == "__main__":
+    main()
