@@ -18,6 +18,7 @@ from typing import Any
 import ml_collections
 
 from clip_jax.models.config import CLIPConfig, resolve_model_config
+from clip_jax.train.distill import check_distill_config
 from clip_jax.train.optim import NO_DECAY
 from clip_jax.train.schedules import check_schedule_config
 
@@ -84,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
     # or "<workdir>/checkpoints/<step>", with its params, optimizer state and data position (train/branch.py).
     c.branch_from = ""
     c.init_from_model = ""  # model name for init_from when it cannot be inferred (quickgelu)
+    # Distillation (open_clip's --distill-model/--distill-pretrained): teacher = weights of a frozen teacher
+    # (as init_from), teacher_model = its model name when the weights cannot say; the loss adds
+    # weight * open_clip's DistillClipLoss term (clip_jax/train/distill.py). Needs loss softmax, accum_steps 1.
+    c.distill = ml_collections.ConfigDict({"teacher": "", "teacher_model": "", "weight": 1.0})
     # The text tower's tokenizer: "" is the model's own (CLIP's BPE for clip towers; a SigLIP tower's
     # spiece.model from init_from's directory), else a sentencepiece .model file or a directory holding it.
     c.tokenizer = ""
@@ -314,6 +319,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
     if config.init_from_only and not config.init_from:
         raise ValueError("config.init_from_only is set but config.init_from is empty")
     check_schedule_config(config)
+    check_distill_config(config)
     for field in ("no_decay", "freeze", "init_from_only"):
         for regex in config[field]:
             try:

@@ -25,6 +25,7 @@ from clip_jax.checkpoint import Checkpointer, CheckpointMismatch, abstract_like,
 from clip_jax.models.clip import CLIP
 from clip_jax.train.branch import restore_branch_point, same_workdir
 from clip_jax.train.config import check_batch_fits_devices, validate_config
+from clip_jax.train.distill import load_teacher
 from clip_jax.train.optim import make_optimizer
 from clip_jax.train.prefetch import Prefetcher
 from clip_jax.train.progress import Progress
@@ -183,6 +184,11 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
     if is_main:
         record_start(workdir, config, changes, start or 0)
 
+    # Distillation: a frozen teacher on the same mesh, an argument of the step beside the state.
+    teacher = load_teacher(config, model_cfg, mesh) if config.distill.teacher else None
+    if teacher:
+        log.info("distilling from %s (weight %g)", config.distill.teacher, config.distill.weight)
+
     # The step: jitted with explicit shardings and a donated state.
     use_sharded_loss = config.sharded_loss and _batch_devices(mesh) > 1
     step_fn = make_train_step(
@@ -193,14 +199,18 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
         batch_axes=sharding.BATCH_AXES,
         accum_steps=config.accum_steps,
         schedule=schedule,
+        teacher=teacher.model if teacher else None,
+        distill_weight=config.distill.weight,
     )
     batch_sharding = sharding.batch_sharding(mesh)
     step_fn = jax.jit(
         step_fn,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, batch_sharding, *([teacher.shardings] if teacher else [])),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
+    if teacher:
+        step_fn = teacher.bind(step_fn)
 
     loop = TrainLoop(config, workdir, is_main, ckpt, model, data_iter)
     try:

@@ -1,4 +1,4 @@
-"""Contrastive losses: softmax (CLIP InfoNCE) and sigmoid (SigLIP), dense and sharded.
+"""Contrastive losses: softmax (CLIP InfoNCE) and sigmoid (SigLIP), dense and sharded; distillation.
 
 The dense functions are the readable references: they build the full global B x B logit matrix.
 The sharded functions compute the same global mean with `jax.shard_map`: each device holds its
@@ -57,6 +57,31 @@ def sigmoid_loss(img: jax.Array, txt: jax.Array, logit_scale: jax.Array, logit_b
     """SigLIP: -sum over all pairs of log_sigmoid(label * (scale * <i, t> + bias)) / B."""
     logits = _logits(img, txt, logit_scale) + jnp.asarray(logit_bias, jnp.float32)
     return _sigmoid_nll_sum(logits, 0) / img.shape[0]
+
+
+def distill_loss(
+    img: jax.Array,
+    txt: jax.Array,
+    logit_scale: jax.Array,
+    teacher_img: jax.Array,
+    teacher_txt: jax.Array,
+    teacher_logit_scale: jax.Array,
+) -> jax.Array:
+    """open_clip's DistillClipLoss distillation term: the mean over rows of the cross-entropy between the
+    teacher's and the student's softmax distributions, image->text and text->image, averaged.
+
+    The student is trained on `contrastive + weight * distill` (open_clip sums the two, weight 1).
+    Dense: with a sharded batch, XLA gathers the features to build both global logit matrices.
+    """
+    student = _logits(img, txt, logit_scale)
+    teacher = _logits(teacher_img, teacher_txt, teacher_logit_scale)
+    return (_soft_cross_entropy(teacher, student) + _soft_cross_entropy(teacher.T, student.T)) / 2
+
+
+def _soft_cross_entropy(teacher_logits: jax.Array, student_logits: jax.Array) -> jax.Array:
+    """Mean over rows of -sum_j softmax(teacher)[i, j] * log_softmax(student)[i, j]."""
+    target = jax.nn.softmax(teacher_logits, axis=1)
+    return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(student_logits, axis=1), axis=1))
 
 
 def _check_batch_axes(mesh: Mesh, batch_axes: Sequence[str], batch: int) -> tuple[str, ...]:

@@ -32,7 +32,8 @@ from jax.sharding import Mesh
 
 from clip_jax.models.clip import CLIP, l2_normalize
 from clip_jax.models.resnet import BATCH_STATS, batch_stats_of, merge_batch_stats
-from clip_jax.train.losses import contrastive_loss
+from clip_jax.train.distill import teacher_outputs
+from clip_jax.train.losses import contrastive_loss, distill_loss
 
 # OpenAI clamps the learned temperature so that exp(logit_scale) <= 100.
 MAX_LOG_SCALE = math.log(100.0)
@@ -97,6 +98,27 @@ def make_loss_grads_and_stats(
 ) -> Callable[[Any, Batch, jax.Array], tuple[jax.Array, Any, dict]]:
     """`make_loss_and_grads`, whose f also returns the BatchNorm running statistics updated by the batch
     (a tree in the params' nesting, {} for a model without BatchNorm)."""
+    f = make_loss_grads_stats_and_parts(
+        model, loss=loss, mesh=mesh, batch_axes=batch_axes, accum_steps=accum_steps
+    )
+    return lambda params, batch, rng: f(params, batch, rng)[:3]
+
+
+def make_loss_grads_stats_and_parts(
+    model: CLIP,
+    *,
+    loss: str = "softmax",
+    mesh: Mesh | None = None,
+    batch_axes: Sequence[str] = ("data", "fsdp"),
+    accum_steps: int = 1,
+    teacher: CLIP | None = None,
+    distill_weight: float = 1.0,
+) -> Callable[..., tuple[jax.Array, Any, dict, dict]]:
+    """`make_loss_grads_and_stats`, whose f(params, batch, rng, teacher_params=None) also returns the
+    loss's parts ({} without a teacher). With a `teacher` (clip_jax/train/distill.py) the loss is
+    contrastive + distill_weight * open_clip's DistillClipLoss term, parts {contrastive_loss, distill_loss}."""
+    if teacher is not None and accum_steps > 1:
+        raise ValueError("distillation needs accum_steps=1 (as open_clip's)")
     has_bias = model.cfg.init_logit_bias is not None
 
     def features(params: Any, images: jax.Array, tokens: jax.Array, rng: jax.Array):
@@ -116,13 +138,23 @@ def make_loss_grads_and_stats(
             loss, img, txt, jnp.exp(log_scale), bias, mesh=mesh, batch_axes=tuple(batch_axes)
         )
 
-    def full_batch_grads(params, batch, rng):
+    def full_batch_grads(params, batch, rng, teacher_params=None):
+        # The teacher runs outside the differentiated function, on params that are an argument of their
+        # own: value_and_grad below differentiates the student's params only.
+        if teacher is not None:
+            targets = teacher_outputs(teacher, teacher_params, batch["image"], batch["text"])
+
         def loss_fn(p):
             (img, txt), stats = features(p, batch["image"], batch["text"], rng)
-            return loss_from(img, txt, p["logit_scale"], p.get("logit_bias")), stats
+            contrastive = loss_from(img, txt, p["logit_scale"], p.get("logit_bias"))
+            if teacher is None:
+                return contrastive, (stats, {})
+            distill = distill_loss(img, txt, jnp.exp(p["logit_scale"]), *targets)
+            parts = {"contrastive_loss": contrastive, "distill_loss": distill}
+            return contrastive + distill_weight * distill, (stats, parts)
 
-        (loss_value, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return loss_value, grads, stats
+        (loss_value, (stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss_value, grads, stats, parts
 
     def accumulated_grads(params, batch, rng):
         micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
@@ -158,7 +190,7 @@ def make_loss_grads_and_stats(
         grads = dict(grads)
         for k, g in d_direct.items():
             grads[k] = grads[k] + g
-        return loss_value, grads, stats
+        return loss_value, grads, stats, {}
 
     return accumulated_grads if accum_steps > 1 else full_batch_grads
 
@@ -172,21 +204,34 @@ def make_train_step(
     batch_axes: Sequence[str] = ("data", "fsdp"),
     accum_steps: int = 1,
     schedule: optax.Schedule | None = None,
+    teacher: CLIP | None = None,
+    distill_weight: float = 1.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Return step(state, batch) -> (state, metrics); not jitted, so the caller chooses the shardings.
 
     metrics["nonfinite"] is 0 for a healthy step, else the NONFINITE_BITS of the quantities that are NaN
     or infinite (loss, gradient norm, updated parameters): one fused check that the trainer reads with
     the loss, so a bad step never reaches a checkpoint.
+
+    With a `teacher` (distillation, clip_jax/train/distill.py) it is step(state, batch, teacher_params):
+    the teacher's params are never differentiated nor updated; metrics add contrastive_loss, distill_loss.
     """
-    loss_and_grads = make_loss_grads_and_stats(
-        model, loss=loss, mesh=mesh, batch_axes=batch_axes, accum_steps=accum_steps
+    loss_and_grads = make_loss_grads_stats_and_parts(
+        model,
+        loss=loss,
+        mesh=mesh,
+        batch_axes=batch_axes,
+        accum_steps=accum_steps,
+        teacher=teacher,
+        distill_weight=distill_weight,
     )
     has_bias = model.cfg.init_logit_bias is not None
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(
+        state: TrainState, batch: Batch, teacher_params: Any = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
-        loss_value, grads, batch_stats = loss_and_grads(state.params, batch, rng)
+        loss_value, grads, batch_stats, loss_parts = loss_and_grads(state.params, batch, rng, teacher_params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # The running statistics are the batch's, whatever the optimizer (weight decay) made of them.
@@ -205,6 +250,7 @@ def make_train_step(
             "logit_scale": jnp.exp(params["logit_scale"]),
             "grad_norm": grad_norm,
             "nonfinite": nonfinite,
+            **loss_parts,
         }
         if has_bias:
             metrics["logit_bias"] = params["logit_bias"]
