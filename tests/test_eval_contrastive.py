@@ -6,7 +6,9 @@ own features scored in numpy."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -167,3 +169,31 @@ def test_softmax_and_sigmoid_differ_on_a_siglip_model(synth_dir):
     sig, soft = evaluators["sig"].run(params), evaluators["soft"].run(params)
     assert np.isfinite(sig["loss"]) and np.isfinite(soft["loss"]) and sig["loss"] != soft["loss"]
     assert sig["image_to_text_acc1"] == soft["image_to_text_acc1"]  # the bias does not change rankings
+
+
+def test_the_trainer_scores_its_own_loss(synth_dir, tmp_path):
+    """In training the evaluation's loss defaults to config.loss, not to the model's: a softmax run of a
+    model with a logit bias (whose own default would be sigmoid) logs the softmax validation loss."""
+    from clip_jax.eval.contrastive import Contrastive
+    from clip_jax.train.config import default_config
+    from clip_jax.train.loop import train
+    from clip_jax.weights.training_run import load_training_run
+
+    c = default_config()
+    with c.ignore_type():
+        c.model = {"base": "tiny", "init_logit_bias": -10.0}
+    c.loss, c.batch_size, c.total_steps, c.warmup_steps = "softmax", 8, 2, 1
+    c.log_every = c.checkpoint_every = 2
+    fields = {"dataset": SYNTH, "data_dir": synth_dir, "batch_size": 16}
+    c.evals.val = {"type": "contrastive", **fields}
+    train(c, str(tmp_path), devices=jax.devices()[:1])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "eval/val/loss" in r]
+    assert [r["step"] for r in logged] == [2] and logged[0]["eval/val/num_examples"] == SYNTH_TEST_SIZE
+    cfg, params, _ = load_training_run(str(tmp_path), None, None)
+    model = CLIP(cfg)
+    softmax = Contrastive(fields | {"loss": "softmax"}, model).run(params)
+    sigmoid = Contrastive(fields, model).run(params)
+    assert logged[0]["eval/val/loss"] == pytest.approx(softmax["loss"], rel=1e-6)
+    assert sigmoid["loss"] != pytest.approx(softmax["loss"], rel=1e-2)
+    assert logged[0]["eval/val/image_to_text_acc1"] == softmax["image_to_text_acc1"]

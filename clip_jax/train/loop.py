@@ -538,7 +538,8 @@ class TrainLoop:
         if self.evaluators is None:
             from clip_jax.inputs import train_inputs
 
-            defaults = {"data_dir": self.config.data.get("data_dir")}
+            # The contrastive validation scores the run's own loss unless its config names one.
+            defaults = {"data_dir": self.config.data.get("data_dir"), "loss": self.config.loss}
             # Prompts tokenized as the training captions are.
             inputs = train_inputs(self.model.cfg, self.config.tokenizer, self.config.init_from)
             self.evaluators = make_evaluators(self.config.evals, self.model, defaults=defaults, inputs=inputs)
