@@ -17,6 +17,8 @@ The learning-rate schedule is --config.schedule (cosine, const, const-cooldown, 
 cooldown_steps, cooldown_power, rsqrt_timescale, end_lr_ratio); a cooldown branch of a constant-lr run is
 --config.branch_from=PARENT_WORKDIR[/checkpoints/STEP] --config.schedule=const-cooldown with
 --config.total_steps and --config.cooldown_steps of the branch (`--help_config` lists every field).
+A validation loss on held-out pairs is an evaluation: config.evals.val = {"type": "contrastive", "dataset": ...,
+"batch_size": 256} (the run's loss and in-batch top-1 at that fixed batch; clip_jax/eval/contrastive.py).
 """
 
 import ml_collections
