@@ -298,8 +298,11 @@ def latest_complete_step(directory: str | os.PathLike) -> tuple[Path, list[str]]
     ]
 
 
-def restore_params(path: str | os.PathLike, expected: Any = None) -> tuple[Any, Path]:
+def restore_params(path: str | os.PathLike, expected: Any = None, which: str = "params") -> tuple[Any, Path]:
     """The params (host numpy arrays, per-layer layout) of the newest complete step of a training run.
+
+    `which` is the state field to read: "params", or "ema_params" for the EMA of a run trained with
+    config.ema_decay (ValueError naming the step if it has none).
 
     `path` is a workdir (holding checkpoints/), a checkpoint directory or one step folder. With `expected`
     (a tree of arrays or ShapeDtypeStructs, e.g. the model's `jax.eval_shape` of init), the saved shapes
@@ -323,11 +326,22 @@ def restore_params(path: str | os.PathLike, expected: Any = None) -> tuple[Any, 
     checkpointer = ocp.StandardCheckpointer()
     if expected is not None:
         saved = checkpointer.metadata(item).item_metadata.tree
-        saved = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved.get("params", saved))
+        _check_has(saved, which, step_dir)
+        saved = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved.get(which, saved))
         _check_shapes(jax.eval_shape(unstack_layers, saved), expected, item)
     state = checkpointer.restore(item)
-    params = state["params"] if "params" in state else state
+    _check_has(state, which, step_dir)
+    params = state[which] if which in state else state
     return unstack_layers(jax.tree.map(np.asarray, params)), step_dir
+
+
+def _check_has(state: Any, which: str, step_dir: Path) -> None:
+    """ValueError unless a saved state holds `which` (a bare params tree, from convert, has only params)."""
+    if which != "params" and (not isinstance(state, dict) or which not in state):
+        raise ValueError(
+            f"{step_dir} holds no {which}: it was not trained with EMA (config.ema_decay > 0); "
+            "use its params instead"
+        )
 
 
 def _check_shapes(saved: Any, expected: Any, where: Path) -> None:

@@ -70,6 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.no_decay = NO_DECAY
     c.freeze = ()  # regexes of parameter paths to freeze; LiT: ("^visual/",)
     c.lr_mults = ()  # ((regex, multiplier), ...); the last matching rule wins
+    # Decay of an exponential moving average of the params (clip_jax/train/ema.py), e.g. 0.999; 0: no EMA.
+    # Kept in the train state and checkpoints; evaluations also run on it (metrics eval_ema/<name>/...).
+    c.ema_decay = 0.0
+    # Warm the decay up by tf.train.ExponentialMovingAverage's num_updates rule: at step t the decay is
+    # min(ema_decay, (1 + t) / (10 + t)).
+    c.ema_warmup = False
 
     # Devices per mesh axis (-1: the remaining devices): the batch is split over data x fsdp, parameters and
     # optimizer state over fsdp (ZeRO-3) and tensor (Megatron: heads and MLP).
@@ -89,6 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     # (as init_from), teacher_model = its model name when the weights cannot say; the loss adds
     # weight * open_clip's DistillClipLoss term (clip_jax/train/distill.py). Needs loss softmax, accum_steps 1.
     c.distill = ml_collections.ConfigDict({"teacher": "", "teacher_model": "", "weight": 1.0})
+    c.init_from_ema = False  # init_from a training run (trained with ema_decay): start from its EMA params
     # The text tower's tokenizer: "" is the model's own (CLIP's BPE for clip towers; a SigLIP tower's
     # spiece.model from init_from's directory), else a sentencepiece .model file or a directory holding it.
     c.tokenizer = ""
@@ -297,6 +304,7 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         ),
         ("end_lr_ratio", 0 <= config.end_lr_ratio <= 1, "must be in [0, 1]"),
         ("grad_clip_norm", config.grad_clip_norm >= 0, "must be >= 0 (0 disables clipping)"),
+        ("ema_decay", 0 <= config.ema_decay < 1, "must be in [0, 1) (0: no EMA; e.g. 0.999)"),
         ("keep_checkpoints", config.keep_checkpoints >= 1, "must be >= 1"),
         ("prefetch", config.prefetch >= 0, "must be >= 0 (0: no prefetch thread)"),
     ]
@@ -318,6 +326,8 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         check_branch_config(config)
     if config.init_from_only and not config.init_from:
         raise ValueError("config.init_from_only is set but config.init_from is empty")
+    if config.init_from_ema and not config.init_from:
+        raise ValueError("config.init_from_ema is set but config.init_from is empty: name the training run")
     check_schedule_config(config)
     check_distill_config(config)
     for field in ("no_decay", "freeze", "init_from_only"):

@@ -32,6 +32,7 @@ from clip_jax.train.progress import Progress
 from clip_jax.train.report import Reporters
 from clip_jax.train.resume_config import ConfigChanges, check_resume_config, describe, record_start
 from clip_jax.train.step import (
+    EmaTrainState,
     TrainState,
     init_rngs,
     init_train_state,
@@ -148,7 +149,7 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
     param_rng, state_rng = init_rngs(config.seed)
 
     def init_state(params):
-        return init_train_state(params, tx, state_rng)
+        return init_train_state(params, tx, state_rng, ema=config.ema_decay > 0)
 
     abstract_state = jax.eval_shape(init_state, abstract_params)
     state_shardings = sharding.shardings_by_param_path(abstract_state, param_shardings, mesh)
@@ -201,6 +202,8 @@ def _train_on_mesh(config, model_cfg, workdir, mesh, changes: ConfigChanges) -> 
         schedule=schedule,
         teacher=teacher.model if teacher else None,
         distill_weight=config.distill.weight,
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
     )
     batch_sharding = sharding.batch_sharding(mesh)
     step_fn = jax.jit(
@@ -308,9 +311,15 @@ def _pretrained_params(config, model) -> dict:
         expected = jax.eval_shape(
             lambda: _fresh_params(config, model.clone(scan=False), None, jax.random.key(0), None)
         )
-        params, step_dir = restore_params(path, expected=expected)
-        log.info("init_from: params of %s", step_dir)
+        which = "ema_params" if config.init_from_ema else "params"
+        params, step_dir = restore_params(path, expected=expected, which=which)
+        log.info("init_from: %s of %s", which, step_dir)
         return params
+    if config.init_from_ema:
+        raise ValueError(
+            f"config.init_from_ema is set but config.init_from={config.init_from!r} is not a clip_jax "
+            "training run (only runs keep EMA params)"
+        )
     from clip_jax.weights import load_pretrained
 
     loaded_model, params = load_pretrained(config.init_from_model or None, str(path))
@@ -532,7 +541,13 @@ class TrainLoop:
         self.report.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"})
 
     def _evaluate(self, step: int, state: TrainState, progress: Progress) -> None:
-        """Every evaluation of config.evals on the current params, logged as eval/<name>/<metric>."""
+        """Every evaluation of config.evals on the current params, logged as eval/<name>/<metric>, and
+        with EMA (config.ema_decay) on the EMA params too, logged as eval_ema/<name>/<metric>."""
+        self._evaluate_params(step, state.params, "eval", progress)
+        if isinstance(state, EmaTrainState):
+            self._evaluate_params(step, state.ema_params, "eval_ema", progress)
+
+    def _evaluate_params(self, step: int, params, prefix: str, progress: Progress) -> None:
         from clip_jax.eval.common import flat_scalars, make_evaluators
 
         if self.evaluators is None:
@@ -546,10 +561,11 @@ class TrainLoop:
         results = {}
         for name, evaluator in self.evaluators.items():
             start = time.perf_counter()
-            metrics = flat_scalars(evaluator.run(state.params), f"{name}/")
+            metrics = flat_scalars(evaluator.run(params), f"{name}/")
             results.update(metrics)
             headline = {k: round(v, 4) for k, v in metrics.items() if k.endswith(("acc1", "recall@1"))}
-            line = f"step {step}: eval {name} ({time.perf_counter() - start:.1f} s) {headline}"
+            seconds = time.perf_counter() - start
+            line = f"step {step}: {prefix.replace('_', ' ')} {name} ({seconds:.1f} s) {headline}"
             # One line each: through the progress bar on the main process, the log on the others.
             if progress.enabled:
                 progress.note(line)
@@ -558,10 +574,10 @@ class TrainLoop:
         progress.pause_rate()
         if not self.is_main:
             return
-        record = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
+        record = {"step": step, **{f"{prefix}/{k}": v for k, v in results.items()}}
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
-        self.report.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+        self.report.scalars(step, {f"{prefix}/{k}": v for k, v in results.items()})
         log.debug("step %d eval: %s", step, results)
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ OPERATIONAL_FIELDS = frozenset(
         "init_from",
         "init_from_only",
         "init_from_model",
+        "init_from_ema",
         "branch_from",  # like init_from, read only when the run starts at its branch point
     }
 )

@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from clip_jax.models.clip import CLIP, l2_normalize
 from clip_jax.models.resnet import BATCH_STATS, batch_stats_of, merge_batch_stats
 from clip_jax.train.distill import teacher_outputs
+from clip_jax.train.ema import ema_decay_at, initial_ema, update_ema
 from clip_jax.train.losses import contrastive_loss, distill_loss
 
 # OpenAI clamps the learned temperature so that exp(logit_scale) <= 100.
@@ -50,8 +51,24 @@ class TrainState:
     rng: jax.Array
 
 
-def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    """The state of a run with config.ema_decay > 0: TrainState and the EMA of the params (train/ema.py).
+
+    A class of its own rather than a field that is None without EMA: orbax records a None field in the
+    checkpoint's tree, so checkpoints written before EMA existed would no longer restore."""
+
+    ema_params: Any
+
+
+def init_train_state(
+    params: Any, tx: optax.GradientTransformation, rng: jax.Array, *, ema: bool = False
+) -> TrainState:
+    """The state at step 0; with `ema` an EmaTrainState whose average starts as a copy of `params`."""
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+    if not ema:
+        return state
+    return EmaTrainState(**vars(state), ema_params=initial_ema(params))
 
 
 def init_rngs(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -206,8 +223,13 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     teacher: CLIP | None = None,
     distill_weight: float = 1.0,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Return step(state, batch) -> (state, metrics); not jitted, so the caller chooses the shardings.
+
+    With ema_decay > 0 the state is an EmaTrainState (init_train_state(..., ema=True)); the step moves
+    them towards the updated params (clip_jax/train/ema.py) and reports the decay used as ema_decay.
 
     metrics["nonfinite"] is 0 for a healthy step, else the NONFINITE_BITS of the quantities that are NaN
     or infinite (loss, gradient norm, updated parameters): one fused check that the trainer reads with
@@ -257,6 +279,10 @@ def make_train_step(
         if schedule is not None:
             metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if ema_decay > 0:
+            decay_t = ema_decay_at(state.step, ema_decay, ema_warmup)
+            new_state = new_state.replace(ema_params=update_ema(state.ema_params, params, decay_t))
+            metrics["ema_decay"] = decay_t
         return new_state, metrics
 
     return step
