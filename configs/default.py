@@ -19,6 +19,8 @@ cooldown_steps, cooldown_power, rsqrt_timescale, end_lr_ratio); a cooldown branc
 --config.total_steps and --config.cooldown_steps of the branch (`--help_config` lists every field).
 A validation loss on held-out pairs is an evaluation: config.evals.val = {"type": "contrastive", "dataset": ...,
 "batch_size": 256} (the run's loss and in-batch top-1 at that fixed batch; clip_jax/eval/contrastive.py).
+Distillation from a frozen teacher (open_clip's --distill-model): --config.distill.teacher=WEIGHTS_OR_RUN,
+with --config.distill.teacher_model=NAME when the weights cannot name it and --config.distill.weight.
 """
 
 import ml_collections
