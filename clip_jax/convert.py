@@ -4,6 +4,7 @@
     python -m clip_jax.convert --input open_clip_model.safetensors --model ViT-B-32 \
         --output vit-b-32.safetensors                                              # open_clip safetensors
     python -m clip_jax.convert --checkpoint runs/synthetic_tiny --output tiny.safetensors   # a training run
+    python -m clip_jax.convert --checkpoint runs/synthetic_tiny --ema --output tiny_ema.safetensors  # its EMA
 
 The config (named, or read/inferred from the checkpoint) is checked against every key and shape before
 anything is written; one summary line is printed at the end.
@@ -22,7 +23,7 @@ import numpy as np
 
 from clip_jax.cli_errors import UserError, one_line, run_cli
 from clip_jax.models.config import describe, get_model_config
-from clip_jax.weights import export_open_clip, load_params_checked, params_io, save_params
+from clip_jax.weights import export_open_clip, load_params_checked, params_io, save_params, training_run
 from clip_jax.weights.hf_export import convert_to_hf
 
 
@@ -71,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "tokenizer files",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing orbax checkpoint")
+    parser.add_argument(
+        "--ema", action="store_true", help="a training run's EMA params (trained with config.ema_decay)"
+    )
     args = parser.parse_args(argv)
     fmt = args.format or ("safetensors" if args.output.endswith(".safetensors") else "orbax")
     if args.model is not None:
@@ -79,13 +83,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
     check_output(args.output, fmt, args.force)
+    if args.ema and fmt == "hf":
+        raise UserError("--ema with --format hf: convert the EMA to safetensors or orbax, then that to hf")
+    if args.ema and not training_run.is_training_run(args.input):
+        raise UserError(f"--ema: {args.input} is not a clip_jax training run (only runs keep EMA params)")
     if fmt == "hf":
         out, architecture = convert_to_hf(
             args.input, args.output, args.model, args.quick_gelu, force=args.force
         )
         print(f"converted {args.input}: {architecture} -> {out} (hf)")
         return out
-    cfg, params = load_params_checked(args.input, args.model, args.quick_gelu, param_dtype=np.float32)
+    if args.ema:
+        cfg, params, _ = training_run.load_training_run(args.input, args.model, args.quick_gelu, ema=True)
+    else:
+        cfg, params = load_params_checked(args.input, args.model, args.quick_gelu, param_dtype=np.float32)
     try:
         if fmt == "safetensors":
             out = export_open_clip(params, cfg, args.output)

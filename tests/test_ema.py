@@ -204,10 +204,29 @@ def test_init_from_and_restore_params_take_either(uninterrupted, tmp_path):
     assert not all(np.allclose(a, b) for a, b in zip(host(child.params), host(params), strict=True))
 
 
-def test_restore_params_of_a_run_without_ema_names_the_step(tmp_path):
+def test_convert_exports_either(uninterrupted, tmp_path):
+    from clip_jax.convert import main as convert
+    from clip_jax.weights import params_io
+
+    workdir, state = uninterrupted
+    for flags, want in (([], state.params), (["--ema"], state.ema_params)):
+        out = convert(["--input", str(workdir), *flags, "--output", str(tmp_path / f"out{len(flags)}")])
+        assert_bitwise(params_io.load_params(out)[1], want)
+
+
+def test_a_run_without_ema_has_no_ema_to_restore_or_export(tmp_path):
+    from clip_jax.cli_errors import UserError
+    from clip_jax.convert import main as convert
+
     train(tiny_config(ema_decay=0.0, total_steps=1, checkpoint_every=1), str(tmp_path / "plain"))
     with pytest.raises(ValueError, match=r"checkpoints/1 holds no ema_params: .*config.ema_decay"):
         restore_params(tmp_path / "plain", which="ema_params", expected=None)
+    with pytest.raises(ValueError, match=r"checkpoints/1 holds no ema_params"):
+        convert(["--input", str(tmp_path / "plain"), "--ema", "--output", str(tmp_path / "out")])
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(UserError, match="--ema: .*w.safetensors is not a clip_jax training run"):
+        convert(["--input", str(weights), "--ema", "--output", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,14 @@ def run_model_config(path: str | os.PathLike) -> tuple[CLIPConfig | None, Path]:
 
 
 def load_training_run(
-    path: str | os.PathLike, name: str | CLIPConfig | None = None, quick_gelu: bool | None = None
+    path: str | os.PathLike,
+    name: str | CLIPConfig | None = None,
+    quick_gelu: bool | None = None,
+    *,
+    ema: bool = False,
 ) -> tuple[CLIPConfig, dict, Path]:
-    """(model config, per-layer numpy params, step folder) of the newest complete step of a run.
+    """(model config, per-layer numpy params, step folder) of the newest complete step of a run; with
+    `ema` its EMA params (a run trained with config.ema_decay) instead of its params.
 
     The model is the run's config.json's; `name` (a model name or config), when given, must be that
     same model, and is needed only for a run without config.json. Relative and absolute paths work.
@@ -110,12 +115,13 @@ def load_training_run(
             f"(quick_gelu={cfg.quick_gelu}, {file}): leave it out"
         )
     try:
-        params, step_dir = restore_params(os.path.abspath(path), expected=param_shapes(cfg))
+        which = "ema_params" if ema else "params"
+        params, step_dir = restore_params(os.path.abspath(path), expected=param_shapes(cfg), which=which)
     except FileNotFoundError:
         raise  # no complete step: the message names the folder
     except ValueError as e:
-        if "does not hold this model" in str(e):
-            raise  # another model's checkpoint: the message names the key and both shapes
+        if "does not hold this model" in str(e) or "holds no ema_params" in str(e):
+            raise  # names the key and both shapes, or the step without EMA
         raise _damaged(path, e) from e
     except Exception as e:  # orbax and tensorstore raise their own types too
         raise _damaged(path, e) from e
