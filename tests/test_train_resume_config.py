@@ -253,3 +253,14 @@ def test_an_error_in_the_prefetch_thread_ends_the_training_run(tmp_path, monkeyp
     monkeypatch.setattr(loop.jax, "make_array_from_process_local_data", place_fails)
     with pytest.raises(ValueError, match="cannot place the batch on the mesh"):
         train(tiny_config(total_steps=1), str(tmp_path / "run"))
+
+
+def test_a_field_added_to_the_schema_since_the_run_is_no_change_at_its_default(tmp_path):
+    """A config.json written before a field existed (here: ema_decay) resumes under strict_resume while the
+    field keeps its default; set to another value, it is a change like any other."""
+    saved = json.loads(tiny_config().to_json_best_effort())
+    del saved["ema_decay"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert check_resume_config(tiny_config(strict_resume=True), str(tmp_path), resuming=True).training == {}
+    with pytest.raises(UserError, match=r"config\.ema_decay: null -> 0\.5"):
+        check_resume_config(tiny_config(strict_resume=True, ema_decay=0.5), str(tmp_path), resuming=True)

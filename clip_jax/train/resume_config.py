@@ -111,11 +111,16 @@ def config_changes(saved: dict | None, config: ml_collections.ConfigDict) -> Con
         new_flat = {k: v for k, v in new_flat.items() if not k.startswith("config.model")}
         old_flat.update(_flatten(old_model, "config.model"))
         new_flat.update(_flatten(new_model, "config.model"))
+    # A field added to the schema after the run was saved, left at its default, changes nothing.
+    from clip_jax.train.config import default_config
+
+    defaults = _flatten(config_as_json(default_config()), "config")
     missing = object()
     changes = {
         k: (old_flat.get(k), new_flat.get(k))
         for k in sorted(set(old_flat) | set(new_flat))
         if old_flat.get(k, missing) != new_flat.get(k, missing)
+        and not (k not in old_flat and new_flat.get(k, missing) == defaults.get(k, missing))
     }
     return ConfigChanges(changes, saved_config_found=True)
 
