@@ -244,7 +244,7 @@ def to_markdown(result: dict | list[dict]) -> str:
     for r in rows:
         drift = max(abs(a - b) for a, b in zip(r["losses_ours"], r["losses_theirs"], strict=True))
         notes.append(
-            f"CPU: {r['cpu']}; {r['threads']} cores, used by both (torch threads {r['torch_threads']}, "
+            f"CPU: {r['cpu']}; {r['threads']} core{'s' * (r['threads'] != 1)}, used by both (torch threads {r['torch_threads']}, "
             f"XLA:CPU one intra-op thread per core); load average {r['load_before']:.1f} before, "
             f"{r['load_after']:.1f} after; ours compile {r['compile_s']:.1f} s (not in the step time). "
             f"First-step loss {r['losses_ours'][0]:.6f} (clip_jax) vs {r['losses_theirs'][0]:.6f} (open_clip): "
