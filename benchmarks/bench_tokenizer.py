@@ -90,6 +90,9 @@ def run(repeats: int = 5) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    """RESULTS.md's table of either benchmark of this file (run_all's tokenizer and tokenizer_sentencepiece)."""
+    if "direct_per_s" in result:
+        return sentencepiece_markdown(result)
     header = "| benchmark | clip_jax (prompts/s) | open_clip (prompts/s) | ratio (ours/theirs) |\n|---|---|---|---|"
     row = (
         f"| {result['name']} | {result['ours_per_s']:,.0f} | {result['theirs_per_s']:,.0f} "

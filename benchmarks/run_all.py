@@ -113,6 +113,12 @@ BENCHMARKS = {
             summary=True,
         ),
         Benchmark(
+            "tokenizer_sentencepiece",
+            "bench_tokenizer",
+            "Sentencepiece tokenizer in the training input pipeline (SigLIP)",
+            lambda m, q: m.run_sentencepiece(repeats=2 if q else 5),
+        ),
+        Benchmark(
             "train_memory",
             "bench_train_memory",
             "Per-device memory of the sharded train step at scale (compiled, not run)",
