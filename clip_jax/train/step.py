@@ -173,7 +173,8 @@ def make_loss_grads_stats_and_parts(
         (loss_value, (stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return loss_value, grads, stats, parts
 
-    def accumulated_grads(params, batch, rng):
+    def accumulated_grads(params, batch, rng, teacher_params=None):
+        del teacher_params  # no teacher with accum_steps > 1 (refused above, as open_clip does)
         micro = jax.tree.map(lambda x: _split_micro(x, accum_steps), batch)
         rngs = jax.random.split(rng, accum_steps)
 
