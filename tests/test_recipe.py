@@ -14,7 +14,8 @@ import torch
 
 from clip_jax.models import CLIP, init_params
 from clip_jax.models.config import CLIPConfig, TextConfig, VisionConfig
-from clip_jax.train.optim import NO_DECAY, lr_schedule, path_mask
+from clip_jax.train.optim import NO_DECAY, path_mask
+from clip_jax.train.schedules import cosine_schedule
 from clip_jax.weights import open_clip as oc_map
 
 # Wide enough that a bias has 256 samples; 3 layers so that the text tower's depth-scaled std shows.
@@ -92,7 +93,7 @@ def test_learning_rate_of_every_step_is_open_clips_cosine_lr(warmup, total):
     for step in range(total):
         adjust(step)
         theirs.append(opt.param_groups[0]["lr"])
-    schedule = jax.jit(lr_schedule(1e-3, total, warmup))
+    schedule = jax.jit(cosine_schedule(1e-3, total, warmup))
     ours = [float(schedule(step)) for step in range(total)]
     # The same formula in float32: relative rounding of a few ulps, and near the end of the cosine, where
     # the value is a difference 1 + cos(pi p) of nearly equal terms, an absolute error of at most
@@ -103,7 +104,7 @@ def test_learning_rate_of_every_step_is_open_clips_cosine_lr(warmup, total):
 
 
 def test_end_lr_ratio_sets_the_floor():
-    schedule = lr_schedule(1.0, 100, 10, end_lr_ratio=0.1)
+    schedule = cosine_schedule(1.0, 100, 10, end_lr_ratio=0.1)
     assert float(schedule(9)) == pytest.approx(1.0)
     assert float(schedule(10)) == pytest.approx(1.0)
     assert float(schedule(99)) == pytest.approx(0.1, abs=1e-3)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from clip_jax.sharding import dict_key_path
-from clip_jax.train.schedules import cosine_schedule, make_schedule
+from clip_jax.train.schedules import make_schedule
 
 # Parameters exempt from weight decay, as open_clip_train/main.py chooses them: every tensor that is 1-D in
 # PyTorch's layout or whose name has "bn", "ln", "bias" or "logit_scale" in it. In clip_jax's layout that is
@@ -35,11 +35,6 @@ def path_mask(params: Any, regexes: Sequence[str]) -> Any:
     """True where the path matches any of the regexes (re.search)."""
     compiled = [re.compile(r) for r in regexes]
     return jax.tree.map(lambda p: any(c.search(p) for c in compiled), param_paths(params))
-
-
-def lr_schedule(lr: float, total_steps: int, warmup_steps: int, end_lr_ratio: float = 0.0) -> optax.Schedule:
-    """open_clip's `cosine_lr` (config.schedule="cosine"); the other schedules are in schedules.py."""
-    return cosine_schedule(lr, total_steps, warmup_steps, end_lr_ratio)
 
 
 def make_optimizer(
